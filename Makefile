@@ -1,0 +1,35 @@
+# kdlab — `make demo` and `make test` are all the set-up a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdlab-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install kdlab (editable) with its pinned dependencies; runs once
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install  ## teacher -> baseline student -> KD student on MNIST-1D, then the three accuracies side by side
+	$(BIN)/python -m kdlab.demo
+
+test: install  ## the test suite (fast, CPU-only, no downloads, no W&B account)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install  ## the slow tests too
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff
+	$(BIN)/ruff check kdlab tests
+	$(BIN)/ruff format --check kdlab tests
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

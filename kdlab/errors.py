@@ -1,0 +1,19 @@
+"""User-facing errors: one line that says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KdlabError(Exception):
+    """Bad input from the user (config, names, checkpoints, data). Printed as one line, exit code 1."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
+    """' (closest: a, b, c)' for the valid names nearest to ``name``, or '' when none is near."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not close:  # substring matches help for long, prefixed names (timm's)
+        close = [c for c in choices if name.lower() in c.lower()][:n]
+    return f" (closest: {', '.join(close)})" if close else ""

@@ -1,0 +1,7 @@
+"""Model factory (timm names + the kdlab zoo registered into timm), feature taps, checkpoints."""
+
+from kdlab.models import zoo  # noqa: F401  (registers the zoo into timm)
+from kdlab.models.factory import check_model, count_params, create_model
+from kdlab.models.taps import FeatureTaps, module_paths
+
+__all__ = ["create_model", "check_model", "count_params", "FeatureTaps", "module_paths"]

@@ -1,0 +1,175 @@
+"""kdlab's own small networks, registered into timm so that ``timm.create_model`` builds them too.
+
+They follow timm's model contract (``forward_features`` / ``forward_head``, ``num_classes``,
+``get_classifier``, ``reset_classifier``) and take ``input_size``, the spatial size of one
+input without its channels (``(40,)`` for MNIST-1D, ``(8, 8)`` for digits), because a
+flattening layer needs it. 1-D or 2-D convolutions are chosen from ``len(input_size)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.models import register_model
+from torch import Tensor, nn
+
+#: Names registered by kdlab (the factory passes them ``input_size``).
+ZOO: set[str] = set()
+
+CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+
+
+class ClassifierMixin:
+    """timm's head contract over a ``head`` attribute (an ``nn.Linear``)."""
+
+    head: nn.Module
+    num_features: int
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class Logistic(ClassifierMixin, nn.Module):
+    """Multinomial logistic regression on the flattened input (the MNIST-1D paper's linear baseline)."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,)):
+        super().__init__()
+        self.num_classes, self.num_features = num_classes, in_chans * int(torch.tensor(input_size).prod())
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return x.flatten(1)  # (b, c*L)
+
+
+class MLP(ClassifierMixin, nn.Module):
+    """The MNIST-1D paper's MLP: ``depth`` hidden layers of ``hidden`` units with ReLU.
+    Taps: ``blocks.0`` ... ``blocks.{depth-1}`` (post-activation)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        input_size: Sequence[int] = (40,),
+        hidden: int = 100,
+        depth: int = 2,
+    ):
+        super().__init__()
+        width = in_chans * int(torch.tensor(input_size).prod())
+        blocks = []
+        for _ in range(depth):
+            blocks.append(nn.Sequential(nn.Linear(width, hidden), nn.ReLU()))
+            width = hidden
+        self.blocks = nn.Sequential(*blocks)
+        self.num_classes, self.num_features = num_classes, width
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.blocks(x.flatten(1))  # (b, hidden)
+
+
+class ConvAct(nn.Sequential):
+    """Conv -> (BatchNorm) -> ReLU."""
+
+    def __init__(self, dims: int, cin: int, cout: int, k: int, stride: int, padding: int, bn: bool):
+        layers = [CONV[dims](cin, cout, k, stride=stride, padding=padding, bias=not bn)]
+        layers += [BN[dims](cout)] if bn else []
+        super().__init__(*layers, nn.ReLU())
+
+
+def _conv_out(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+class CNN1D(ClassifierMixin, nn.Module):
+    """The MNIST-1D paper's ConvNet: three stride-2 convolutions of ``channels`` filters with
+    ReLU, flattened into a linear classifier (5210 parameters at the defaults).
+    Taps: ``conv1``, ``conv2``, ``conv3`` (post-activation, (b, channels, L))."""
+
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,), channels: int = 25
+    ):
+        super().__init__()
+        if len(input_size) != 1:
+            raise ValueError(f"cnn1d takes 1-D sequences, got input size {tuple(input_size)}")
+        n = input_size[0]
+        self.conv1 = ConvAct(1, in_chans, channels, 5, 2, 1, bn=False)
+        self.conv2 = ConvAct(1, channels, channels, 3, 2, 1, bn=False)
+        self.conv3 = ConvAct(1, channels, channels, 3, 2, 1, bn=False)
+        n = _conv_out(_conv_out(_conv_out(n, 5, 2, 1), 3, 2, 1), 3, 2, 1)
+        self.num_classes, self.num_features = num_classes, channels * n
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.conv3(self.conv2(self.conv1(x))).flatten(1)  # (b, channels * L/8)
+
+
+class ConvNet(ClassifierMixin, nn.Module):
+    """A plain conv-BN-ReLU network for 1-D or 2-D inputs: one stage per entry of ``widths``,
+    each after the first halving the resolution, then global average pooling and a linear
+    head. Taps: ``stages.0`` ... (post-activation)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        input_size: Sequence[int] = (40,),
+        widths: Sequence[int] = (16, 32, 64),
+    ):
+        super().__init__()
+        dims = len(input_size)
+        if dims not in CONV:
+            raise ValueError(f"ConvNet takes 1-D or 2-D inputs, got input size {tuple(input_size)}")
+        stages, cin = [], in_chans
+        for i, w in enumerate(widths):
+            stages.append(ConvAct(dims, cin, w, 3, 1 if i == 0 else 2, 1, bn=True))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.pool = POOL[dims](1)
+        self.num_classes, self.num_features = num_classes, cin
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(x)).flatten(1)  # (b, widths[-1])
+
+
+def _entrypoint(cls, **defaults):
+    """A timm entrypoint for ``cls``: accepts timm's extra arguments, refuses hub weights."""
+
+    def build(pretrained: bool = False, **kwargs):
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(k, None)
+        if pretrained:
+            raise ValueError("kdlab zoo models have no published weights; load a checkpoint instead")
+        return cls(**{**defaults, **kwargs})
+
+    return build
+
+
+def _register(name: str, cls, doc: str, **defaults):
+    fn = _entrypoint(cls, **defaults)
+    fn.__name__, fn.__qualname__, fn.__doc__ = name, name, doc
+    fn.__module__ = __name__
+    register_model(fn)
+    ZOO.add(name)
+    globals()[name] = fn
+
+
+_register("logistic", Logistic, "Logistic regression (MNIST-1D paper baseline).")
+_register("mlp", MLP, "MLP, 2 hidden layers of 100 (MNIST-1D paper, 15210 params on MNIST-1D).")
+_register("cnn1d", CNN1D, "1-D ConvNet of the MNIST-1D paper (5210 params).")
+_register("cnn_tiny", ConvNet, "conv-BN-ReLU net, widths 8/16/32 (1-D or 2-D).", widths=(8, 16, 32))
+_register("cnn_small", ConvNet, "conv-BN-ReLU net, widths 16/32/64 (1-D or 2-D).", widths=(16, 32, 64))
+_register("cnn_medium", ConvNet, "conv-BN-ReLU net, widths 32/64/128 (1-D or 2-D).", widths=(32, 64, 128))

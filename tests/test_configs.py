@@ -1,0 +1,75 @@
+"""Every config file composes; experiments are reachable as experiments=<path>."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from kdlab import CONFIG_DIR, ROOT
+from kdlab.distill import Term
+from tests.conftest import compose_cfg
+
+GROUPS = ["data", "teacher", "student", "strategy", "distill", "trainer", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+# Hydra 1.3 does not list searchpath groups reliably: enumerate experiment files with pathlib.
+EXPERIMENTS = sorted(
+    p.relative_to(ROOT / "experiments").with_suffix("").as_posix()
+    for p in (ROOT / "experiments").rglob("*.yaml")
+)
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+    assert EXPERIMENTS, "experiments/ should hold at least one recipe"
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("data", "imagefolder"):
+        overrides.append("data.root=/some/folder")
+    cfg = compose_cfg(overrides)
+    cfg.paths.output_dir = "/tmp/x"
+    if group == "distill":
+        terms = instantiate(cfg.distill.terms)
+        assert terms and all(isinstance(t, Term) for t in terms.values())
+        assert cfg.distill.name == option
+    if group in ("teacher", "student"):
+        assert cfg[group].arch and cfg[group].optimizer._partial_
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name):
+    cfg = compose_cfg([f"experiments={name}"])
+    assert cfg.distill.name and cfg.teacher.arch and cfg.student.arch
+    folder, file = name.split("/")[-2:]
+    assert folder in ("mnist1d", "digits", "cifar10", "cifar100"), (
+        "experiments live under a folder per dataset"
+    )
+    assert file.startswith(cfg.distill.name), "experiment files are named <method>_<teacher>_<student>"
+
+
+def test_experiments_reachable_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compose_cfg([f"experiments={EXPERIMENTS[0]}"]).distill.name
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(
+        (MissingConfigException, ConfigCompositionException),
+        match=r"(?s)distill/dkdd.*Available options.*kd.*none",
+    ):
+        compose_cfg(["distill=dkdd"])
+
+
+def test_default_is_offline_kd_on_mnist1d():
+    cfg = compose_cfg()
+    assert (cfg.data._target_, cfg.teacher.arch, cfg.student.arch, cfg.distill.name, cfg.task) == (
+        "kdlab.data.MNIST1D",
+        "cnn1d",
+        "mlp",
+        "kd",
+        "distill",
+    )
+    assert Path(CONFIG_DIR / "experiments").resolve() == (ROOT / "experiments").resolve()

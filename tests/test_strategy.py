@@ -1,0 +1,103 @@
+"""The offline strategy: frozen teacher, weighted terms, clear failures."""
+
+import pytest
+import torch
+
+from kdlab.distill import KD, CrossEntropy, StepOutputs, Term
+from kdlab.errors import KdlabError
+from kdlab.models import create_model
+from kdlab.strategies import OfflineDistillation
+
+
+def make_module(terms=None, teacher=True):
+    torch.manual_seed(0)
+    student = create_model("mlp", 10, (1, 40))
+    t = create_model("cnn1d", 10, (1, 40)) if teacher else None
+    terms = terms or {"ce": CrossEntropy(0.1), "kd": KD(0.9, temperature=4.0)}
+    return OfflineDistillation(student, terms, lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40), teacher=t)
+
+
+def batch(n=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 40, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode():
+    module = make_module()
+    module.train()
+    assert module.student.training and not module.teacher.training
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    opt = module.configure_optimizers()
+    assert all(p.requires_grad for g in opt.param_groups for p in g["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 15210  # the student only
+    out = module.training_step(batch(), 0)
+    out["loss"].backward()
+    opt.step()
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in module.teacher.state_dict().items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.student.parameters())
+    module.train(True)
+    assert not module.teacher.training
+
+
+def test_training_step_returns_named_weighted_terms():
+    module = make_module()
+    x, y = batch()
+    out = module.training_step((x, y), 0)
+    with torch.no_grad():
+        s, t = module.student(x), module.teacher(x)
+    ce = 0.1 * torch.nn.functional.cross_entropy(s, y)
+    from kdlab.losses import kd_loss
+
+    kd = 0.9 * kd_loss(s, t, 4.0)
+    assert set(out) == {"loss", "loss_ce", "loss_kd"}
+    torch.testing.assert_close(out["loss_ce"], ce)
+    torch.testing.assert_close(out["loss_kd"], kd)
+    torch.testing.assert_close(out["loss"].detach(), ce + kd)
+
+
+def test_baseline_keeps_no_teacher():
+    module = make_module({"ce": CrossEntropy()}, teacher=True)
+    assert module.teacher is None
+
+
+def test_a_teacher_term_without_teacher_fails_clearly():
+    with pytest.raises(KdlabError, match=r"distill terms \['kd'\] need a teacher"):
+        make_module(teacher=False)
+
+
+class Tapped(Term):
+    student_taps = ("blocks.1",)
+    teacher_taps = ("conv3",)
+
+    def build(self, student_feats, teacher_feats):
+        self.shapes = (tuple(student_feats["blocks.1"].shape[1:]), tuple(teacher_feats["conv3"].shape[1:]))
+
+    def loss(self, out: StepOutputs):
+        assert set(out.student_feats) == {"blocks.1"} and set(out.teacher_feats) == {"conv3"}
+        return out.student_feats["blocks.1"].mean() * 0
+
+
+def test_terms_get_their_taps_and_probed_shapes():
+    module = make_module({"ce": CrossEntropy(), "tap": Tapped()})
+    assert module.terms["tap"].shapes == ((100,), (25, 5))
+    assert set(module.training_step(batch(), 0)) == {"loss", "loss_ce", "loss_tap"}
+
+
+def test_bad_tap_path_fails_at_build_time_with_valid_paths():
+    class BadTap(Tapped):
+        teacher_taps = ("layer3",)
+
+    with pytest.raises(
+        KdlabError, match=r"teacher has no module 'layer3'.*valid tap paths: conv1, conv2, conv3, head"
+    ):
+        make_module({"ce": CrossEntropy(), "tap": BadTap()})
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    module = make_module()
+    with torch.no_grad():
+        next(module.student.parameters()).fill_(float("nan"))
+    with pytest.raises(KdlabError, match=r"non-finite loss at epoch 0.*loss_kd=nan.*lower the learning rate"):
+        module.training_step(batch(), 0)
