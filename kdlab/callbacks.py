@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class ChannelsLast(pl.Callback):
@@ -13,3 +14,12 @@ class ChannelsLast(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if any(p.dim() == 4 for p in pl_module.parameters()):
             pl_module.to(memory_format=torch.channels_last)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without the logger's version number (``v_num``)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

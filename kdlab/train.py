@@ -23,16 +23,17 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdlab import CONFIG_DIR
+from kdlab.callbacks import ProgressBar
 from kdlab.distill import CrossEntropy
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
 from kdlab.models.checkpoint import load_weights, save_weights
-from kdlab.report import evaluate, print_summary, write_results
+from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
 from kdlab.strategies import OfflineDistillation
 from kdlab.teacher import WEIGHTS_FILE, cache_entry, cache_lock, teacher_key, teacher_recipe, write_recipe
 
@@ -80,7 +81,7 @@ def build_trainer(
             )
         )
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar(refresh_rate=10, leave=True))
+        callbacks.append(ProgressBar(refresh_rate=10))
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -220,47 +221,40 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
     if cfg.task == "distill":
         tags += [f"strategy:{strategy_cls.name}", f"method:{method}", f"student:{cfg.student.arch}"]
     loggers = build_loggers(cfg, tags)
-    ok = False
+    ok, results = False, {}
     try:
         if cfg.task == "teacher":
             teacher, module = fit_teacher(cfg, output_dir, loggers, checkpoints=True)
             student = None
             if module.trainer.is_global_zero:
-                cache_teacher(
-                    cfg,
-                    data,
-                    teacher,
-                    {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)},
-                    also_to=output_dir / WEIGHTS_FILE,
-                )
+                metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
+                cache_teacher(cfg, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
         else:
             module = distill(cfg, data, output_dir, loggers)
             student, teacher = module.student, module.teacher
-        if not module.trainer.is_global_zero:  # DDP: rank 0 evaluates and writes
-            ok = True
-            return {}
-        results = {
-            "task": cfg.task,
-            "strategy": strategy_cls.name if cfg.task == "distill" else None,
-            "method": method,
-            "data": data.name,
-            "seed": cfg.seed,
-            **evaluate(
-                student, cfg.student.arch if student is not None else None, teacher, cfg.teacher.arch, data
-            ),
-        }
-        trained = results["student"] if student is not None else results["teacher"]
-        trained["val_acc_best"] = module.val_acc_best.compute().item()
-        results["wall_s"] = round(time.perf_counter() - start, 2)
-        results["overrides"] = list(overrides)
-        results["wandb"] = wandb_info()
-        log_final_metrics(loggers, results)
-        path = write_results(results, output_dir)
-        print_summary(results, path)
+        if module.trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes
+            student_arch = cfg.student.arch if student is not None else None
+            results = {
+                "task": cfg.task,
+                "strategy": strategy_cls.name if cfg.task == "distill" else None,
+                "method": method,
+                "data": data.name,
+                "seed": cfg.seed,
+                **evaluate(student, student_arch, teacher, cfg.teacher.arch, data),
+            }
+            trained = results["student"] if student is not None else results["teacher"]
+            trained["val_acc_best"] = module.val_acc_best.compute().item()
+            results["wall_s"] = round(time.perf_counter() - start, 2)
+            results["overrides"] = list(overrides)
+            results["wandb"] = wandb_info()
+            log_final_metrics(loggers, results)
+            write_results(results, output_dir)
         ok = True
-        return results
     finally:
         finish_wandb(ok)
+    if results:
+        print_summary(results, output_dir / RESULTS_FILE)
+    return results
 
 
 def log_final_metrics(loggers: list, results: dict) -> None:

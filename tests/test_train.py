@@ -201,3 +201,21 @@ def test_cli_multirun(tmp_path, cache_dir):
     assert p.returncode == 0, p.stderr[-2000:]
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert [json.loads(f.read_text())["method"] for f in results] == ["none", "kd"]
+
+
+@pytest.mark.slow
+def test_cli_ddp_on_cpu(tmp_path, cache_dir):
+    p = kdlab_train(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "teacher.max_epochs=1",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["student"]["test_acc"] > 0 and "GLOBAL_RANK: 1" in p.stdout + p.stderr

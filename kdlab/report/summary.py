@@ -15,7 +15,7 @@ def _num(x, fmt: str = "{:,}") -> str:
 
 
 def print_summary(results: dict, results_path, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line
     title = f"kdlab {results['task']}: {results['data']}"
     if results["task"] == "distill":
         title += f", {results['strategy']} / {results['method']}, seed {results['seed']}"
@@ -43,3 +43,7 @@ def print_summary(results: dict, results_path, console: Console | None = None) -
             f"param ratio {eff['param_ratio']:.2f}"
         )
     console.print(f"wall {results['wall_s']:.1f} s; results: {results_path}")
+    wandb = results.get("wandb")
+    if wandb:
+        sync = f" (upload: wandb sync {wandb['run_dir']})" if wandb["mode"] == "offline" else ""
+        console.print(f"W&B {wandb['mode']} run {wandb['run_dir']}{sync}")

@@ -138,7 +138,7 @@ class OfflineDistillation(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
-        self.log("train/acc", self.train_acc.compute())
+        self.log("train/acc", self.train_acc.compute(), sync_dist=True)  # same on every rank
         self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -152,10 +152,10 @@ class OfflineDistillation(pl.LightningModule):
         acc = self.val_acc.compute()
         self.val_acc.reset()
         self.log_dict({f"val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
-        self.log("val/acc", acc, prog_bar=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
-            self.log("val/acc_best", self.val_acc_best.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]  # student + learnable term parts
