@@ -45,11 +45,11 @@ def quiet_third_party() -> None:
     """Keep the terminal for kdlab's own lines: no Lightning tips/device banners, no known-harmless warnings."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (
-        ".*does not have many workers.*",
+        ".*does not have many workers.*",  # in-memory tensors need none
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*The number of training batches .* is smaller than the logging interval.*",
-        ".*module\\(s\\) in eval mode at the start of training.*",
-    ):  # the frozen teacher, on purpose
+        ".*module\\(s\\) in eval mode at the start of training.*",  # the frozen teacher, on purpose
+    ):
         warnings.filterwarnings("ignore", pattern)
 
 
@@ -94,7 +94,7 @@ def build_trainer(
 
 
 def fit_teacher(
-    cfg: DictConfig, output_dir: Path, loggers: list, checkpoints: bool
+    cfg: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
 ) -> tuple[nn.Module, OfflineDistillation]:
     """Train ``cfg.teacher`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
     t = cfg.teacher
@@ -116,8 +116,7 @@ def fit_teacher(
         data.input_shape,
         scheduler=instantiate(t.scheduler) if t.scheduler else None,
     )
-    # one device, whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
-    trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, devices=1, strategy="auto")
+    trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
     trainer.fit(module, datamodule=data)
     return model.cpu(), module
 
@@ -153,7 +152,10 @@ def get_teacher(cfg: DictConfig, data) -> nn.Module:
             f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)"
         )
         start = time.perf_counter()
-        model, module = fit_teacher(cfg, entry / "run", loggers=[], checkpoints=False)
+        # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
+        model, module = fit_teacher(
+            cfg, entry / "run", [], checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False
+        )
         cache_teacher(
             cfg,
             data,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
 
 
 @torch.no_grad()
@@ -30,8 +31,8 @@ def predict(model: nn.Module, datamodule, loader=None) -> tuple[Tensor, Tensor]:
 
 
 def accuracy(logits: Tensor, target: Tensor) -> float:
-    """Top-1 accuracy, a fraction in [0, 1]."""
-    return (logits.argmax(-1) == target).float().mean().item()
+    """Top-1 accuracy, a fraction in [0, 1] (torchmetrics, as logged for train and val)."""
+    return multiclass_accuracy(logits, target, num_classes=logits.shape[-1], average="micro").item()
 
 
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:

@@ -1,0 +1,121 @@
+"""What every kdlab data module shares: shapes known before setup, a seeded validation split
+carved from the training set, and loaders that serve in-memory tensors a batch at a time."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class TensorBatches(Dataset):
+    """In-memory tensors, indexed together. ``__getitems__`` lets the DataLoader fetch a whole
+    batch with one indexing op instead of collating ``batch_size`` single samples."""
+
+    def __init__(self, *tensors: Tensor):
+        assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors differ in length"
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        idx = torch.as_tensor(indices)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def keep_batch(batch):
+    """collate_fn for datasets whose ``__getitems__`` already returns a batch."""
+    return batch
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random (train, val) partition of ``range(n)``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return perm[n_val:], perm[:n_val]
+
+
+class KDDataModule(pl.LightningDataModule):
+    """Base of the kdlab data modules.
+
+    Subclasses set ``name``, ``num_classes`` and ``input_shape`` (without the batch dimension)
+    in ``__init__`` so that models can be built before any data is loaded, and implement
+    ``build()`` returning the (train, val, test) datasets. Batches are ``(x, y)``;
+    ``preprocess`` runs on the device after transfer (normalisation, batch augmentation).
+    """
+
+    name: str = "?"
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.num_classes: int = 0
+        self.input_shape: tuple[int, ...] = ()
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_shape[0]
+
+    def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set, self.test_set = self.build()
+
+    def preprocess(self, batch, train: bool):
+        """Device-side transform of a batch; identity unless a subclass needs one."""
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(batch, train=training)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        batched = isinstance(dataset, TensorBatches)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=keep_batch if batched else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def describe(self) -> str:
+        self.setup()
+        sizes = "/".join(str(len(d)) for d in (self.train_set, self.val_set, self.test_set))
+        return f"{self.name}: {sizes} train/val/test, input {tuple(self.input_shape)}, {self.num_classes} classes"

@@ -1,0 +1,155 @@
+"""CIFAR-10 / CIFAR-100 from the standard python-pickle on-disk format, held in memory as uint8
+and augmented per batch on the device (the same code path on CPU and GPU)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.data.base import KDDataModule, TensorBatches, split_indices
+from kdlab.errors import KdlabError
+
+# torchvision's layout of the extracted archives: folder, train files, test files, label key.
+LAYOUT = {
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    100: ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
+STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR batch files but refuses any global other than numpy's array rebuilders,
+    so a tampered file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batches(files: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
+    """(uint8 images (n, 3, 32, 32), int64 labels (n,)) from CIFAR python batch files."""
+    xs, ys = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                entry = _ArraysOnly(fh, encoding="latin1").load()
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.extend(entry[label_key])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise KdlabError(f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true") from e
+    return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(ys, dtype=torch.long)
+
+
+def random_crop_flip(x: Tensor, pad: int = 4) -> Tensor:
+    """Per-sample random crop of the zero-padded batch and random horizontal flip.  x: (b, c, h, w)"""
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad))  # (b, c, h+2p, w+2p)
+    top = torch.randint(0, 2 * pad + 1, (b, 1), device=dev) + torch.arange(h, device=dev)  # (b, h)
+    left = torch.randint(0, 2 * pad + 1, (b, 1), device=dev) + torch.arange(w, device=dev)  # (b, w)
+    flip = torch.rand(b, 1, device=dev) < 0.5
+    left = torch.where(flip, left.flip(-1), left)  # reading columns backwards = horizontal flip
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[bi, ci, top[:, None, :, None], left[:, None, None, :]]
+
+
+class CIFAR(KDDataModule):
+    """CIFAR-10 / CIFAR-100 (Krizhevsky, 2009): 50000 train / 10000 test 32x32 colour images.
+
+    Reads torchvision's extracted layout under ``root``; downloads only with ``download=True``.
+    Training batches get the standard augmentation (4-pixel padded random crop + flip);
+    all batches are normalised with the dataset's channel mean/std.
+    """
+
+    def __init__(
+        self,
+        classes: int = 100,
+        root: str = "data",
+        download: bool = False,
+        augment: bool = True,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        if classes not in LAYOUT:
+            raise KdlabError(f"CIFAR has 10 or 100 classes, got classes={classes}")
+        self.name = f"cifar{classes}"
+        self.classes, self.root, self.download, self.augment = classes, Path(root), download, augment
+        self.num_classes, self.input_shape = classes, (3, 32, 32)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            from torchvision.datasets import CIFAR10, CIFAR100
+
+            (CIFAR10 if self.classes == 10 else CIFAR100)(str(self.root), download=True)
+
+    def build(self):
+        self.prepare_data()
+        folder, train_files, test_files, label_key = LAYOUT[self.classes]
+        base = self.root / folder
+        missing = [f for f in train_files + test_files if not (base / f).exists()]
+        if missing:
+            raise KdlabError(
+                f"CIFAR-{self.classes} not found under {base} (missing {', '.join(missing)}); "
+                f"run once with data.download=true (needs internet) or point data.root at the folder holding {folder}/"
+            )
+        x, y = read_cifar_batches([base / f for f in train_files], label_key)
+        x_test, y_test = read_cifar_batches([base / f for f in test_files], label_key)
+        tr, va = split_indices(len(y), self.val_fraction, self.split_seed)
+        return TensorBatches(x[tr], y[tr]), TensorBatches(x[va], y[va]), TensorBatches(x_test, y_test)
+
+    def preprocess(self, batch, train: bool):
+        x, y = batch
+        x = x.float().div_(255)
+        if train and self.augment:
+            x = random_crop_flip(x, pad=4)
+        mean = torch.tensor(MEAN[self.classes], device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(STD[self.classes], device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std, y
+
+
+def write_fake_cifar(root: str | Path, classes: int = 100, n_train: int = 500, n_test: int = 100, seed: int = 0) -> Path:
+    """Random images in CIFAR's real on-disk format (same files, keys, dtypes and pickling), for tests
+    and GPU benchmarks that must not download. Returns the dataset folder."""
+    folder, train_files, test_files, label_key = LAYOUT[classes]
+    base = Path(root) / folder
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for files, n in ((train_files, n_train), (test_files, n_test)):
+        for i, name in enumerate(files):
+            m = n // len(files) + (1 if i < n % len(files) else 0)
+            entry = {
+                "batch_label": name,
+                label_key: rng.integers(0, classes, m).tolist(),
+                "data": rng.integers(0, 256, (m, 3072), dtype=np.uint8),
+                "filenames": [f"fake_{name}_{j}.png" for j in range(m)],
+            }
+            if classes == 100:
+                entry["coarse_labels"] = [y // 5 for y in entry[label_key]]
+            with open(base / name, "wb") as f:
+                pickle.dump(entry, f, protocol=2)
+    meta = {10: ("batches.meta", "label_names"), 100: ("meta", "fine_label_names")}[classes]
+    with open(base / meta[0], "wb") as f:
+        pickle.dump({meta[1]: [f"class_{i}" for i in range(classes)]}, f, protocol=2)
+    return base

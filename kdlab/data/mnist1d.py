@@ -1,0 +1,101 @@
+"""MNIST-1D, generated locally (never downloaded) and cached as .npz."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdlab.data.base import KDDataModule, TensorBatches, split_indices
+
+
+def generate_mnist1d(num_samples: int, seed: int, shuffle_seq: bool) -> dict[str, np.ndarray]:
+    """The `mnist1d` package's generator with its default arguments (80/20 train/test split).
+    Restores the global numpy/random state it reseeds."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.shuffle_seq = num_samples, seed, shuffle_seq
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
+
+
+def load_mnist1d(root: str | Path, num_samples: int = 5000, seed: int = 42, shuffle_seq: bool = False):
+    """Arrays of MNIST-1D, generated once and cached under ``root/mnist1d/``."""
+    folder = Path(root) / "mnist1d"
+    path = folder / f"mnist1d_n{num_samples}_seed{seed}{'_shuffled' if shuffle_seq else ''}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except Exception:  # a truncated cache file is regenerated, not trusted
+            path.unlink(missing_ok=True)
+    arrays = generate_mnist1d(num_samples, seed, shuffle_seq)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, path)  # atomic: concurrent runs never read a half-written file
+    return arrays
+
+
+class MNIST1D(KDDataModule):
+    """MNIST-1D: 1-D signals of the ten digit templates, shifted, scaled, sheared and noised.
+
+    Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D" (ICML 2024). The default
+    arguments give 4000 train / 1000 test sequences of length 40; the published test
+    accuracies are logistic 32%, MLP 68%, CNN 94% (no augmentation). Inputs are ``(1, 40)``,
+    already standardised. ``noise_std`` / ``max_shift`` augment training batches on the device.
+    """
+
+    name = "mnist1d"
+
+    def __init__(
+        self,
+        root: str = "data",
+        num_samples: int = 5000,
+        generation_seed: int = 42,
+        shuffle_seq: bool = False,
+        batch_size: int = 100,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        noise_std: float = 0.0,
+        max_shift: int = 0,
+    ):
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        self.noise_std, self.max_shift = noise_std, max_shift
+        self.root, self.num_samples = root, num_samples
+        self.generation_seed, self.shuffle_seq = generation_seed, shuffle_seq
+        self.num_classes, self.input_shape = 10, (1, 40)
+
+    def preprocess(self, batch, train: bool):
+        """Training batches only: a random shift of up to ``max_shift`` steps (edge-padded) and
+        Gaussian noise of ``noise_std`` (the signals are standardised, so 0.2 is 20% of their std)."""
+        x, y = batch  # (b, 1, L)
+        if train and self.max_shift:
+            b, _, n = x.shape
+            shift = torch.randint(-self.max_shift, self.max_shift + 1, (b, 1), device=x.device)
+            idx = (torch.arange(n, device=x.device) - shift).clamp(0, n - 1)  # (b, L)
+            x = x.gather(2, idx.unsqueeze(1))
+        if train and self.noise_std:
+            x = x + self.noise_std * torch.randn_like(x)
+        return x, y
+
+    def build(self):
+        a = load_mnist1d(self.root, self.num_samples, self.generation_seed, self.shuffle_seq)
+        x = torch.as_tensor(a["x"], dtype=torch.float32).unsqueeze(1)  # (n, 1, 40)
+        y = torch.as_tensor(a["y"], dtype=torch.long)
+        x_test = torch.as_tensor(a["x_test"], dtype=torch.float32).unsqueeze(1)
+        y_test = torch.as_tensor(a["y_test"], dtype=torch.long)
+        tr, va = split_indices(len(y), self.val_fraction, self.split_seed)
+        return TensorBatches(x[tr], y[tr]), TensorBatches(x[va], y[va]), TensorBatches(x_test, y_test)
