@@ -24,6 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -185,13 +186,13 @@ def cache_teacher(cfg: DictConfig, data, model: nn.Module, metrics: dict, also_t
 
 
 def distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> OfflineDistillation:
-    """Build the method's terms, the teacher it needs, the student and the strategy module; fit."""
+    """Build the method's terms, the student, the teacher it needs and the strategy module; fit."""
     terms = instantiate(cfg.distill.terms)
-    teacher = get_teacher(cfg, data) if any(t.needs_teacher for t in terms.values()) else None
-    pl.seed_everything(
-        cfg.seed, workers=True, verbose=False
-    )  # same student whether or not the teacher was cached
     student = create_model(cfg.student.arch, data.num_classes, data.input_shape, **cfg.student.kwargs)
+    teacher = None
+    if any(t.needs_teacher for t in terms.values()):
+        with isolate_rng():  # the same run whether the teacher is trained now or read from the cache
+            teacher = get_teacher(cfg, data)
     module = instantiate(cfg.strategy)(
         student=student,
         teacher=teacher,
@@ -245,7 +246,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
                 **evaluate(student, student_arch, teacher, cfg.teacher.arch, data),
             }
             trained = results["student"] if student is not None else results["teacher"]
-            trained["val_acc_best"] = module.val_acc_best.compute().item()
+            trained["val_acc_best"] = round(module.val_acc_best.compute().item(), 6)
             results["wall_s"] = round(time.perf_counter() - start, 2)
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()

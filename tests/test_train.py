@@ -157,9 +157,10 @@ def test_wandb_run_is_finished_when_the_job_fails(train):
     assert wandb.run is None
 
 
-def test_errors_are_one_clear_line(train, tmp_path):
+def test_errors_are_one_clear_line(train, tmp_path, cache_dir):
     with pytest.raises(KdlabError, match=r"unknown model 'mlpp'.*closest: mlp"):
         train(["student.arch=mlpp"])
+    assert not (cache_dir / "teachers").exists()  # caught before any teacher training
     with pytest.raises(
         KdlabError,
         match=r"teacher checkpoint .*nope.safetensors not found; make one with `kdlab-train task=teacher",

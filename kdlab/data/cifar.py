@@ -53,7 +53,9 @@ def read_cifar_batches(files: list[Path], label_key: str) -> tuple[Tensor, Tenso
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(entry[label_key])
         except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise KdlabError(f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true") from e
+            raise KdlabError(
+                f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true"
+            ) from e
     return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(ys, dtype=torch.long)
 
 
@@ -129,7 +131,9 @@ class CIFAR(KDDataModule):
         return (x - mean) / std, y
 
 
-def write_fake_cifar(root: str | Path, classes: int = 100, n_train: int = 500, n_test: int = 100, seed: int = 0) -> Path:
+def write_fake_cifar(
+    root: str | Path, classes: int = 100, n_train: int = 500, n_test: int = 100, seed: int = 0
+) -> Path:
     """Random images in CIFAR's real on-disk format (same files, keys, dtypes and pickling), for tests
     and GPU benchmarks that must not download. Returns the dataset folder."""
     folder, train_files, test_files, label_key = LAYOUT[classes]

@@ -49,18 +49,27 @@ class ImageFolderData(KDDataModule):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         self.root = Path(root)
         if not self.root.is_dir():
-            raise KdlabError(f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>")
+            raise KdlabError(
+                f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>"
+            )
         self.train_dir = self.root / "train" if (self.root / "train").is_dir() else self.root
         self.classes = _classes(self.train_dir)
         if not self.classes:
-            raise KdlabError(f"no class sub-folders in {self.train_dir}; expected {self.train_dir}/<class>/<image>")
+            raise KdlabError(
+                f"no class sub-folders in {self.train_dir}; expected {self.train_dir}/<class>/<image>"
+            )
         for split in ("val", "test"):
             if (self.root / split).is_dir() and _classes(self.root / split) != self.classes:
-                raise KdlabError(f"{self.root / split} has classes {_classes(self.root / split)}, train has {self.classes}")
+                raise KdlabError(
+                    f"{self.root / split} has classes {_classes(self.root / split)}, train has {self.classes}"
+                )
         self.image_size, self.grayscale, self.augment = image_size, grayscale, augment
         self.mean, self.std = (tuple(mean)[:1], tuple(std)[:1]) if grayscale else (tuple(mean), tuple(std))
         self.test_fraction = test_fraction
-        self.num_classes, self.input_shape = len(self.classes), (1 if grayscale else 3, image_size, image_size)
+        self.num_classes, self.input_shape = (
+            len(self.classes),
+            (1 if grayscale else 3, image_size, image_size),
+        )
 
     def _transform(self, train: bool):
         from torchvision import transforms as T
@@ -86,6 +95,10 @@ class ImageFolderData(KDDataModule):
             test = Subset(train_eval, held.tolist())
             pool = keep.tolist()
         if (self.root / "val").is_dir():
-            return Subset(train_aug, pool), ImageFolder(str(self.root / "val"), transform=self._transform(False)), test
+            return (
+                Subset(train_aug, pool),
+                ImageFolder(str(self.root / "val"), transform=self._transform(False)),
+                test,
+            )
         tr, va = split_indices(len(pool), self.val_fraction, self.split_seed + 1)
         return Subset(train_aug, [pool[i] for i in tr]), Subset(train_eval, [pool[i] for i in va]), test

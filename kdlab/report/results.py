@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from kdlab.models import count_params
 from kdlab.report.metrics import accuracy, agreement, expected_calibration_error, latency_ms, mean_kl, predict
@@ -20,18 +20,21 @@ REQUIRED_KEYS = (
 )  # fmt: skip
 
 
-def model_report(model: nn.Module | None, arch: str | None, datamodule) -> tuple[dict | None, dict]:
-    """({arch, params, test_acc, ece}, {"logits": ...}) of a model on the test set; (None, {}) without one."""
-    if model is None:
-        return None, {}
+def _r(x: float | None, digits: int = 6) -> float | None:
+    """Round for the record: float32 metrics carry noise past the 7th digit."""
+    return None if x is None else round(x, digits)
+
+
+def model_report(model: nn.Module, arch: str, datamodule) -> tuple[dict, Tensor]:
+    """({arch, params, test_acc, ece}, test logits (n, c)) of a model on the test set."""
     logits, target = predict(model, datamodule)
     report = {
         "arch": arch,
         "params": count_params(model),
-        "test_acc": accuracy(logits, target),
-        "ece": expected_calibration_error(logits, target),
+        "test_acc": _r(accuracy(logits, target)),
+        "ece": _r(expected_calibration_error(logits, target)),
     }
-    return report, {"logits": logits, "target": target}
+    return report, logits
 
 
 def evaluate(
@@ -41,25 +44,26 @@ def evaluate(
     teacher_arch: str | None,
     datamodule,
 ) -> dict:
-    """The teacher/student/fidelity/calibration/efficiency sections of results.json."""
-    s, s_out = model_report(student, student_arch, datamodule)
-    t, t_out = model_report(teacher, teacher_arch, datamodule)
+    """The teacher/student/fidelity/calibration/efficiency sections of results.json
+    (a section or model that does not apply is None)."""
+    s, s_logits = model_report(student, student_arch, datamodule) if student is not None else (None, None)
+    t, t_logits = model_report(teacher, teacher_arch, datamodule) if teacher is not None else (None, None)
+    both = s is not None and t is not None
     shape = datamodule.input_shape
-    fidelity = None
-    if s and t:
-        fidelity = {
-            "agreement": agreement(s_out["logits"], t_out["logits"]),
-            "kl": mean_kl(t_out["logits"], s_out["logits"]),
-        }
     return {
         "teacher": t,
         "student": s,
-        "fidelity": fidelity,
+        "fidelity": {
+            "agreement": _r(agreement(s_logits, t_logits)),
+            "kl": _r(mean_kl(t_logits, s_logits)),
+        }
+        if both
+        else None,
         "calibration": {"ece": (s or t)["ece"], "teacher_ece": t["ece"] if t else None},
         "efficiency": {
-            "param_ratio": s["params"] / t["params"] if s and t else None,
-            "latency_ms": latency_ms(student, shape) if student is not None else None,
-            "teacher_latency_ms": latency_ms(teacher, shape) if teacher is not None else None,
+            "param_ratio": _r(s["params"] / t["params"]) if both else None,
+            "latency_ms": _r(latency_ms(student, shape), 4) if student is not None else None,
+            "teacher_latency_ms": _r(latency_ms(teacher, shape), 4) if teacher is not None else None,
         },
     }
 
