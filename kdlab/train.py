@@ -34,6 +34,7 @@ from kdlab.distill import CrossEntropy
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
 from kdlab.models.checkpoint import load_weights, save_weights
+from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
 from kdlab.strategies import OfflineDistillation
 from kdlab.teacher import WEIGHTS_FILE, cache_entry, cache_lock, teacher_key, teacher_recipe, write_recipe
@@ -95,36 +96,39 @@ def build_trainer(
 
 
 def fit_teacher(
-    cfg: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
+    cfg: DictConfig, t: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
 ) -> tuple[nn.Module, OfflineDistillation]:
-    """Train ``cfg.teacher`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
-    t = cfg.teacher
+    """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
     pl.seed_everything(t.seed, workers=True, verbose=False)
     data = instantiate(cfg.data, batch_size=t.batch_size)
-    model = create_model(
-        t.arch,
-        data.num_classes,
-        data.input_shape,
-        pretrained=t.pretrained,
-        pretrained_path=t.pretrained_path,
-        **t.kwargs,
-    )
-    module = OfflineDistillation(
-        model,
-        {"ce": CrossEntropy()},
-        instantiate(t.optimizer),
-        data.num_classes,
-        data.input_shape,
-        scheduler=instantiate(t.scheduler) if t.scheduler else None,
-    )
+    model = create_model(t.arch, data.num_classes, data.input_shape, pretrained=t.pretrained,
+                         pretrained_path=t.pretrained_path, **t.kwargs)  # fmt: skip
+    scheduler = instantiate(t.scheduler) if t.scheduler else None
+    module = OfflineDistillation(model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes,
+                                 data.input_shape, scheduler=scheduler)  # fmt: skip
     trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
     trainer.fit(module, datamodule=data)
     return model.cpu(), module
 
 
 def get_teacher(cfg: DictConfig, data) -> nn.Module:
-    """The offline teacher: ``teacher.checkpoint``, else the cached one for this config, else trained now and cached."""
-    t = cfg.teacher
+    """The offline teacher of ``cfg.teacher``: one model, or a ``TeacherEnsemble`` of its members."""
+    ens = cfg.teacher.get("ensemble")
+    if not ens:
+        return single_teacher(cfg, cfg.teacher, data)
+    base = OmegaConf.to_container(cfg.teacher, resolve=True)
+    base.pop("ensemble")
+    members = [
+        OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)
+    ]
+    models = [single_teacher(cfg, m, data) for m in members]
+    arch = f"ensemble[{','.join(m.arch for m in members)}]"
+    log.info(f"teacher: {arch}, combining {ens.combine}")
+    return TeacherEnsemble(models, ens.get("weights"), ens.combine, arch=arch)
+
+
+def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
+    """Teacher ``t``: its ``checkpoint``, else the cached one for its recipe, else trained now and cached."""
     shape, classes = data.input_shape, data.num_classes
     if t.checkpoint:
         path = Path(t.checkpoint)
@@ -136,9 +140,8 @@ def get_teacher(cfg: DictConfig, data) -> nn.Module:
         log.info(f"teacher: loading {path}")
         return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
     if t.max_epochs == 0:  # pretrained weights used as they are
-        return create_model(
-            t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path, **t.kwargs
-        )
+        return create_model(t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path,
+                            **t.kwargs)  # fmt: skip
     key = teacher_key(teacher_recipe(t, cfg.data), data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     with cache_lock(entry):  # concurrent runs wait for the one that trains
@@ -154,31 +157,26 @@ def get_teacher(cfg: DictConfig, data) -> nn.Module:
         )
         start = time.perf_counter()
         # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
-        model, module = fit_teacher(
-            cfg, entry / "run", [], checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False
-        )
-        cache_teacher(
-            cfg,
-            data,
-            model,
-            {
-                "val_acc_best": module.val_acc_best.compute().item(),
-                "train_s": round(time.perf_counter() - start, 2),
-            },
-        )
+        model, module = fit_teacher(cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto",
+                                    sync_batchnorm=False)  # fmt: skip
+        metrics = {
+            "val_acc_best": module.val_acc_best.compute().item(),
+            "train_s": round(time.perf_counter() - start, 2),
+        }
+        cache_teacher(cfg, t, data, model, metrics)
         return model
 
 
-def cache_teacher(cfg: DictConfig, data, model: nn.Module, metrics: dict, also_to: Path | None = None) -> str:
-    """Store ``model`` as the cached teacher of ``cfg`` (and at ``also_to``); returns its key."""
-    t = cfg.teacher
+def cache_teacher(cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict,
+                  also_to: Path | None = None) -> str:  # fmt: skip
+    """Store ``model`` as the cached teacher of recipe ``t`` (and at ``also_to``); returns its key."""
     recipe = teacher_recipe(t, cfg.data)
     key = teacher_key(recipe, data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     kwargs = OmegaConf.to_container(t.kwargs)
     for path in [p for p in (also_to,) if p is not None]:
         save_weights(model, path, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
-    with cache_lock(entry):  # re-entrant: get_teacher may already hold it
+    with cache_lock(entry):  # re-entrant: single_teacher may already hold it
         save_weights(model, entry / WEIGHTS_FILE, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
         write_recipe(entry, recipe, metrics)
     log.info(f"teacher: cached {key} at {entry}")
@@ -227,11 +225,15 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
     ok, results = False, {}
     try:
         if cfg.task == "teacher":
-            teacher, module = fit_teacher(cfg, output_dir, loggers, checkpoints=True)
+            if cfg.teacher.get("ensemble"):
+                raise KdlabError(
+                    "task=teacher trains one teacher; train the members one by one (teacher.seed=...)"
+                )
+            teacher, module = fit_teacher(cfg, cfg.teacher, output_dir, loggers, checkpoints=True)
             student = None
             if module.trainer.is_global_zero:
                 metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
-                cache_teacher(cfg, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
+                cache_teacher(cfg, cfg.teacher, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
         else:
             module = distill(cfg, data, output_dir, loggers)
             student, teacher = module.student, module.teacher
@@ -243,7 +245,9 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
                 "method": method,
                 "data": data.name,
                 "seed": cfg.seed,
-                **evaluate(student, student_arch, teacher, cfg.teacher.arch, data),
+                **evaluate(
+                    student, student_arch, teacher, getattr(teacher, "kdlab_arch", cfg.teacher.arch), data
+                ),
             }
             trained = results["student"] if student is not None else results["teacher"]
             trained["val_acc_best"] = round(module.val_acc_best.compute().item(), 6)

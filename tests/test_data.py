@@ -17,16 +17,16 @@ def test_mnist1d_sizes_split_and_cache(tmp_path):
     assert dm.input_shape == (1, 40) and dm.num_classes == 10  # known before setup
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (3600, 400, 1000)
-    x, y = dm.train_set.tensors
+    x, y = dm.train_set.x, dm.train_set.y
     assert x.shape == (3600, 1, 40) and x.dtype == torch.float32 and set(y.tolist()) == set(range(10))
     assert len(list((tmp_path / "mnist1d").glob("*.npz"))) == 1
     again = MNIST1D(root=str(tmp_path), split_seed=0)
     again.setup()  # from the .npz cache, same split
-    assert torch.equal(again.val_set.tensors[0], dm.val_set.tensors[0])
+    assert torch.equal(again.val_set.x, dm.val_set.x)
     other = MNIST1D(root=str(tmp_path), split_seed=1)
     other.setup()
-    assert not torch.equal(other.val_set.tensors[0], dm.val_set.tensors[0])
-    assert torch.equal(other.test_set.tensors[0], dm.test_set.tensors[0])  # test is fixed
+    assert not torch.equal(other.val_set.x, dm.val_set.x)
+    assert torch.equal(other.test_set.x, dm.test_set.x)  # test is fixed
 
 
 def test_mnist1d_regenerates_a_corrupt_cache(tmp_path):
@@ -38,11 +38,13 @@ def test_mnist1d_regenerates_a_corrupt_cache(tmp_path):
     assert len(dm.test_set) == 1000
 
 
-def test_loaders_serve_whole_batches():
+def test_loaders_serve_whole_batches_with_sample_indices():
     dm = Digits(batch_size=32)
-    batch = next(iter(dm.train_dataloader()))
-    x, y = batch
-    assert x.shape == (32, 1, 8, 8) and y.shape == (32,)
+    x, y, idx = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 8, 8) and y.shape == (32,) and idx.shape == (32,)
+    assert torch.equal(dm.train_set.x[idx], x) and torch.equal(dm.train_targets()[idx], y)
+    seen = torch.cat([b[2] for b in dm.train_dataloader()])
+    assert sorted(seen.tolist()) == list(range(len(dm.train_set)))
 
 
 def test_digits_images_split_and_resize():
@@ -50,8 +52,8 @@ def test_digits_images_split_and_resize():
     dm.setup()
     n = len(dm.train_set) + len(dm.val_set) + len(dm.test_set)
     assert n == 1797 and len(dm.test_set) == round(1797 * 0.2)
-    assert dm.input_shape == (1, 16, 16) and dm.train_set.tensors[0].shape[1:] == (1, 16, 16)
-    assert abs(dm.train_set.tensors[0].mean().item()) < 1e-4  # standardised on train
+    assert dm.input_shape == (1, 16, 16) and dm.train_set.x.shape[1:] == (1, 16, 16)
+    assert abs(dm.train_set.x.mean().item()) < 1e-4  # standardised on train
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -61,10 +63,11 @@ def test_cifar_reads_the_real_on_disk_format(tmp_path, classes):
     dm.setup()
     assert dm.name == f"cifar{classes}" and dm.num_classes == classes
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (90, 30, 40)
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, idx = next(iter(dm.train_dataloader()))
     assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32)
-    xt, _ = dm.preprocess((x, y), train=True)
-    xe, _ = dm.preprocess((x, y), train=False)
+    xt, _, idx_t = dm.preprocess((x, y, idx), train=True)
+    xe, _, _ = dm.preprocess((x, y, idx), train=False)
+    assert torch.equal(idx_t, idx)
     assert xt.shape == xe.shape == (16, 3, 32, 32) and xe.dtype == torch.float32
     assert not torch.equal(xt, xe)  # augmented
 
@@ -75,7 +78,7 @@ def test_cifar_images_match_the_files(tmp_path):
         raw = pickle.load(f, encoding="latin1")
     dm = CIFAR(classes=10, root=str(tmp_path), val_fraction=0.0)
     dm.setup()
-    x, y = dm.test_set.tensors
+    x, y = dm.test_set.x, dm.test_set.y
     assert np.array_equal(x.numpy().reshape(10, -1), raw["data"]) and y.tolist() == raw["labels"]
 
 
@@ -121,8 +124,9 @@ def test_imagefolder_flat_and_split_layouts(tmp_path):
     dm.setup()
     assert dm.num_classes == 3 and dm.input_shape == (3, 16, 16)
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 18
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (4, 3, 16, 16) and y.dtype == torch.long
+    x, y, idx = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and y.dtype == torch.long and idx.shape == (4,)
+    assert len(dm.train_targets()) == len(dm.train_set) and set(dm.train_targets().tolist()) <= {0, 1, 2}
 
     _write_images(tmp_path / "split" / "train")
     _write_images(tmp_path / "split" / "test", per_class=2)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdlab.distill import KD, CrossEntropy, StepOutputs, Term
+from kdlab.distill import KD, CrossEntropy, FeatureTerm, StepOutputs
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
 from kdlab.strategies import OfflineDistillation
@@ -19,7 +19,7 @@ def make_module(terms=None, teacher=True):
 
 def batch(n=8):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 1, 40, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.randn(n, 1, 40, generator=g), torch.randint(0, 10, (n,), generator=g), torch.arange(n)
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode():
@@ -43,8 +43,8 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
 
 def test_training_step_returns_named_weighted_terms():
     module = make_module()
-    x, y = batch()
-    out = module.training_step((x, y), 0)
+    x, y, idx = batch()
+    out = module.training_step((x, y, idx), 0)
     with torch.no_grad():
         s, t = module.student(x), module.teacher(x)
     ce = 0.1 * torch.nn.functional.cross_entropy(s, y)
@@ -67,32 +67,46 @@ def test_a_teacher_term_without_teacher_fails_clearly():
         make_module(teacher=False)
 
 
-class Tapped(Term):
-    student_taps = ("blocks.1",)
-    teacher_taps = ("conv3",)
-
+class Tapped(FeatureTerm):
     def build(self, student_feats, teacher_feats):
-        self.shapes = (tuple(student_feats["blocks.1"].shape[1:]), tuple(teacher_feats["conv3"].shape[1:]))
+        self.shapes = {p: tuple(f.shape[1:]) for p, f in {**student_feats, **teacher_feats}.items()}
+
+    def default_taps(self, student_stages, teacher_stages):
+        return student_stages[-1:], teacher_stages[-1:]
 
     def loss(self, out: StepOutputs):
-        assert set(out.student_feats) == {"blocks.1"} and set(out.teacher_feats) == {"conv3"}
-        return out.student_feats["blocks.1"].mean() * 0
+        assert set(out.student_feats) == set(self.student_taps) and set(out.teacher_feats) == set(
+            self.teacher_taps
+        )
+        return out.student_feats[self.student_taps[0]].mean() * 0
 
 
 def test_terms_get_their_taps_and_probed_shapes():
-    module = make_module({"ce": CrossEntropy(), "tap": Tapped()})
-    assert module.terms["tap"].shapes == ((100,), (25, 5))
+    module = make_module(
+        {"ce": CrossEntropy(), "tap": Tapped(student_taps=["blocks.0"], teacher_taps=["conv2"])}
+    )
+    assert module.terms["tap"].shapes == {"blocks.0": (100,), "conv2": (25, 10)}
     assert set(module.training_step(batch(), 0)) == {"loss", "loss_ce", "loss_tap"}
 
 
-def test_bad_tap_path_fails_at_build_time_with_valid_paths():
-    class BadTap(Tapped):
-        teacher_taps = ("layer3",)
+def test_default_taps_come_from_the_models_declared_stages():
+    module = make_module({"ce": CrossEntropy(), "tap": Tapped()})
+    assert (module.terms["tap"].student_taps, module.terms["tap"].teacher_taps) == (["blocks.1"], ["conv3"])
+    assert module.terms["tap"].shapes == {"blocks.1": (100,), "conv3": (25, 5)}
 
+
+def test_bad_tap_path_fails_at_build_time_with_valid_paths():
     with pytest.raises(
         KdlabError, match=r"teacher has no module 'layer3'.*valid tap paths: conv1, conv2, conv3, head"
     ):
-        make_module({"ce": CrossEntropy(), "tap": BadTap()})
+        make_module({"ce": CrossEntropy(), "tap": Tapped(student_taps=["blocks.1"], teacher_taps=["layer3"])})
+    with pytest.raises(KdlabError, match=r"give as many of each"):
+        make_module(
+            {
+                "ce": CrossEntropy(),
+                "tap": Tapped(student_taps=["blocks.0", "blocks.1"], teacher_taps=["conv3"]),
+            }
+        )
 
 
 def test_nan_loss_stops_with_a_clear_error():

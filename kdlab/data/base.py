@@ -6,26 +6,59 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 class TensorBatches(Dataset):
-    """In-memory tensors, indexed together. ``__getitems__`` lets the DataLoader fetch a whole
-    batch with one indexing op instead of collating ``batch_size`` single samples."""
+    """In-memory ``(x, y)`` tensors served as ``(x, y, index)``: the sample's position in this
+    split, which memory-bank methods (CRD) and per-sample caches key on. ``__getitems__`` lets
+    the DataLoader fetch a whole batch with one indexing op instead of collating
+    ``batch_size`` single samples."""
 
-    def __init__(self, *tensors: Tensor):
-        assert tensors and all(len(t) == len(tensors[0]) for t in tensors), "tensors differ in length"
-        self.tensors = tensors
+    def __init__(self, x: Tensor, y: Tensor):
+        assert len(x) == len(y), "x and y differ in length"
+        self.x, self.y = x, y
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        return len(self.y)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
-        return tuple(t[i] for t in self.tensors)
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        return self.x[i], self.y[i], i
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         idx = torch.as_tensor(indices)
-        return tuple(t[idx] for t in self.tensors)
+        return self.x[idx], self.y[idx], idx
+
+
+class WithIndex(Dataset):
+    """Any ``(x, y)`` dataset served as ``(x, y, index)``, like ``TensorBatches``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+def targets_of(dataset: Dataset) -> Tensor:
+    """The labels of every sample of a kdlab split, in index order."""
+    if isinstance(dataset, TensorBatches):
+        return dataset.y
+    if isinstance(dataset, WithIndex):
+        dataset = dataset.dataset
+    if isinstance(dataset, Subset):
+        return targets_of_base(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    return targets_of_base(dataset)
+
+
+def targets_of_base(dataset: Dataset) -> Tensor:
+    if hasattr(dataset, "targets"):
+        return torch.as_tensor(dataset.targets)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def keep_batch(batch):
@@ -47,7 +80,7 @@ class KDDataModule(pl.LightningDataModule):
 
     Subclasses set ``name``, ``num_classes`` and ``input_shape`` (without the batch dimension)
     in ``__init__`` so that models can be built before any data is loaded, and implement
-    ``build()`` returning the (train, val, test) datasets. Batches are ``(x, y)``;
+    ``build()`` returning the (train, val, test) datasets. Batches are ``(x, y, index)``;
     ``preprocess`` runs on the device after transfer (normalisation, batch augmentation).
     """
 
@@ -85,8 +118,13 @@ class KDDataModule(pl.LightningDataModule):
             self.train_set, self.val_set, self.test_set = self.build()
 
     def preprocess(self, batch, train: bool):
-        """Device-side transform of a batch; identity unless a subclass needs one."""
+        """Device-side transform of a batch ``(x, y, index)``; identity unless a subclass needs one."""
         return batch
+
+    def train_targets(self) -> Tensor:
+        """Labels of the training split in index order (for methods that sample negatives)."""
+        self.setup()
+        return targets_of(self.train_set)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self.trainer is not None and self.trainer.training
@@ -94,6 +132,8 @@ class KDDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         batched = isinstance(dataset, TensorBatches)
+        if not batched and not isinstance(dataset, WithIndex):
+            dataset = WithIndex(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -122,13 +122,13 @@ class CIFAR(KDDataModule):
         return TensorBatches(x[tr], y[tr]), TensorBatches(x[va], y[va]), TensorBatches(x_test, y_test)
 
     def preprocess(self, batch, train: bool):
-        x, y = batch
+        x, y, *rest = batch
         x = x.float().div_(255)
         if train and self.augment:
             x = random_crop_flip(x, pad=4)
         mean = torch.tensor(MEAN[self.classes], device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(STD[self.classes], device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std, y
+        return ((x - mean) / std, y, *rest)
 
 
 def write_fake_cifar(

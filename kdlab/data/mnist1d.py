@@ -81,7 +81,7 @@ class MNIST1D(KDDataModule):
     def preprocess(self, batch, train: bool):
         """Training batches only: a random shift of up to ``max_shift`` steps (edge-padded) and
         Gaussian noise of ``noise_std`` (the signals are standardised, so 0.2 is 20% of their std)."""
-        x, y = batch  # (b, 1, L)
+        x, y, *rest = batch  # (b, 1, L), (b,), [index]
         if train and self.max_shift:
             b, _, n = x.shape
             shift = torch.randint(-self.max_shift, self.max_shift + 1, (b, 1), device=x.device)
@@ -89,7 +89,7 @@ class MNIST1D(KDDataModule):
             x = x.gather(2, idx.unsqueeze(1))
         if train and self.noise_std:
             x = x + self.noise_std * torch.randn_like(x)
-        return x, y
+        return (x, y, *rest)
 
     def build(self):
         a = load_mnist1d(self.root, self.num_samples, self.generation_seed, self.shuffle_seq)

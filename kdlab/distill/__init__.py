@@ -1,5 +1,17 @@
-"""Distillation methods as weighted loss terms (built from ``conf/distill/*.yaml``)."""
+"""Distillation methods as weighted loss terms (built from ``conf/distill/*.yaml``).
 
-from kdlab.distill.terms import KD, CrossEntropy, MSELogits, StepOutputs, Term
+response: CrossEntropy, KD, MSELogits, DKD, DIST; feature: FitNet, AT;
+relation: SP, PKT, RKD, CRD.
+"""
 
-__all__ = ["Term", "StepOutputs", "CrossEntropy", "KD", "MSELogits"]
+from kdlab.distill.base import FeatureTerm, StepOutputs, Term
+from kdlab.distill.feature import AT, FitNet
+from kdlab.distill.relation import CRD, PKT, RKD, SP
+from kdlab.distill.response import DIST, DKD, KD, CrossEntropy, MSELogits
+
+__all__ = [
+    "Term", "FeatureTerm", "StepOutputs",
+    "CrossEntropy", "KD", "MSELogits", "DKD", "DIST",
+    "FitNet", "AT",
+    "SP", "PKT", "RKD", "CRD",
+]  # fmt: skip

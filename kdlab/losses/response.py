@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,3 +26,59 @@ def mse_logits_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     logits (batch and classes).
     """
     return F.mse_loss(student_logits, teacher_logits)  # mean over (b, c)
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+) -> Tensor:
+    """Decoupled Knowledge Distillation (Zhao, Cui, Song, Qiu & Liang, CVPR 2022).
+
+    KD split into TCKD, the KL between the binary (target, non-target) distributions, and
+    NCKD, the KL between the distributions over the non-target classes; returns
+    ``alpha * TCKD + beta * NCKD``, each summed over classes, averaged over the batch and
+    multiplied by T^2 (as mdistiller). Computed in log space, so saturated logits stay finite.
+    """
+    gt = F.one_hot(target, student_logits.shape[-1]).bool()  # (b, c)
+    s, t = student_logits / temperature, teacher_logits / temperature
+    log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)  # (b, c)
+
+    def binary(log_p: Tensor) -> Tensor:  # log of (p_target, 1 - p_target), (b, 2)
+        return torch.stack([log_p.masked_fill(~gt, -torch.inf).logsumexp(-1),
+                            log_p.masked_fill(gt, -torch.inf).logsumexp(-1)], -1)  # fmt: skip
+
+    log_bs, log_bt = binary(log_ps), binary(log_pt)
+    tckd = (log_bt.exp() * (log_bt - log_bs)).sum(-1).mean()
+    # distributions over the non-target classes: the target's entry is masked out (0 after the fill)
+    log_ns = F.log_softmax(s.masked_fill(gt, -torch.inf), -1).masked_fill(gt, 0.0)  # (b, c)
+    log_nt = F.log_softmax(t.masked_fill(gt, -torch.inf), -1).masked_fill(gt, 0.0)
+    nckd = (log_nt.exp().masked_fill(gt, 0.0) * (log_nt - log_ns)).sum(-1).mean()
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``.  (n, m) -> (n,)"""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + eps)
+
+
+def dist_loss(
+    student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, temperature: float
+) -> Tensor:
+    """Knowledge Distillation from A Stronger Teacher (DIST; Huang, You, Wang, Qian & Xu, NeurIPS 2022).
+
+    Matches relations instead of exact probabilities: ``beta`` times the inter-class term
+    (1 - mean Pearson correlation between each input's student and teacher class
+    distributions) plus ``gamma`` times the intra-class term (the same over each class's
+    column across the batch), both on softmax(z / T) and multiplied by T^2.
+    """
+    ps = F.softmax(student_logits / temperature, -1)  # (b, c)
+    pt = F.softmax(teacher_logits / temperature, -1)  # (b, c)
+    inter = 1 - _pearson_rows(ps, pt).mean()
+    intra = 1 - _pearson_rows(ps.t(), pt.t()).mean()  # (c, b): one row per class
+    return temperature**2 * (beta * inter + gamma * intra)

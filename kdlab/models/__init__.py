@@ -2,6 +2,8 @@
 
 from kdlab.models import zoo  # noqa: F401  (registers the zoo into timm)
 from kdlab.models.factory import check_model, count_params, create_model
-from kdlab.models.taps import FeatureTaps, module_paths
+from kdlab.models.taps import PRE_LOGITS, FeatureTaps, feature_stages, module_paths
 
-__all__ = ["create_model", "check_model", "count_params", "FeatureTaps", "module_paths"]
+__all__ = [
+    "create_model", "check_model", "count_params", "FeatureTaps", "feature_stages", "module_paths", "PRE_LOGITS",
+]  # fmt: skip

@@ -23,10 +23,12 @@ POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
 
 
 class ClassifierMixin:
-    """timm's head contract over a ``head`` attribute (an ``nn.Linear``)."""
+    """timm's head contract over a ``head`` attribute (an ``nn.Linear``). ``feature_taps``
+    lists the module paths of the feature stages, shallow to deep (feature methods tap them)."""
 
     head: nn.Module
     num_features: int
+    feature_taps: tuple[str, ...] = ()
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return x if pre_logits else self.head(x)
@@ -56,7 +58,7 @@ class Logistic(ClassifierMixin, nn.Module):
 
 class MLP(ClassifierMixin, nn.Module):
     """The MNIST-1D paper's MLP: ``depth`` hidden layers of ``hidden`` units with ReLU.
-    Taps: ``blocks.0`` ... ``blocks.{depth-1}`` (post-activation)."""
+    Taps: ``blocks.0`` ... ``blocks.{depth-1}`` (post-activation, (b, hidden))."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class MLP(ClassifierMixin, nn.Module):
             blocks.append(nn.Sequential(nn.Linear(width, hidden), nn.ReLU()))
             width = hidden
         self.blocks = nn.Sequential(*blocks)
+        self.feature_taps = tuple(f"blocks.{i}" for i in range(depth))
         self.num_classes, self.num_features = num_classes, width
         self.head = nn.Linear(width, num_classes)
 
@@ -97,6 +100,8 @@ class CNN1D(ClassifierMixin, nn.Module):
     """The MNIST-1D paper's ConvNet: three stride-2 convolutions of ``channels`` filters with
     ReLU, flattened into a linear classifier (5210 parameters at the defaults).
     Taps: ``conv1``, ``conv2``, ``conv3`` (post-activation, (b, channels, L))."""
+
+    feature_taps = ("conv1", "conv2", "conv3")
 
     def __init__(
         self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,), channels: int = 25
@@ -137,6 +142,7 @@ class ConvNet(ClassifierMixin, nn.Module):
             stages.append(ConvAct(dims, cin, w, 3, 1 if i == 0 else 2, 1, bn=True))
             cin = w
         self.stages = nn.Sequential(*stages)
+        self.feature_taps = tuple(f"stages.{i}" for i in range(len(widths)))
         self.pool = POOL[dims](1)
         self.num_classes, self.num_features = num_classes, cin
         self.head = nn.Linear(cin, num_classes)

@@ -22,7 +22,7 @@ def predict(model: nn.Module, datamodule, loader=None) -> tuple[Tensor, Tensor]:
     logits, targets = [], []
     try:
         for batch in loader:
-            x, y = datamodule.preprocess((batch[0].to(device), batch[1].to(device)), train=False)
+            x, y, *_ = datamodule.preprocess((batch[0].to(device), batch[1].to(device)), train=False)
             logits.append(model(x).float().cpu())
             targets.append(y.cpu())
     finally:

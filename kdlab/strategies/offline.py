@@ -72,6 +72,8 @@ class OfflineDistillation(pl.LightningModule):
         self.teacher = teacher.requires_grad_(False).eval() if needs_teacher else None
         self.terms = nn.ModuleDict(dict(terms))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        for term in self.terms.values():
+            term.select_taps(self.student, self.teacher)
         self.student_taps = FeatureTaps(
             student, [p for t in terms.values() for p in t.student_taps], "student"
         )
@@ -102,6 +104,14 @@ class OfflineDistillation(pl.LightningModule):
         for term in self.terms.values():
             term.build(s_feats, t_feats)
 
+    def setup(self, stage: str) -> None:
+        """Give the terms the training labels (memory banks, negative sampling) once data exists."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_targets"):
+            targets = datamodule.train_targets()
+            for term in self.terms.values():
+                term.prepare(targets)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
@@ -111,10 +121,12 @@ class OfflineDistillation(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
-    def step_outputs(self, x: Tensor, y: Tensor) -> StepOutputs:
+    def step_outputs(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> StepOutputs:
         """Student forward (with grad) and teacher forward (without), with their taps."""
         logits = self.student(x)
-        out = StepOutputs(logits, y, student_feats=self.student_taps.pop(), epoch=self.current_epoch)
+        out = StepOutputs(
+            logits, y, student_feats=self.student_taps.pop(), index=index, epoch=self.current_epoch
+        )
         if self.teacher is not None:
             with torch.no_grad():
                 out.teacher_logits = self.teacher(x)
@@ -122,8 +134,8 @@ class OfflineDistillation(pl.LightningModule):
         return out
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        x, y = batch
-        out = self.step_outputs(x, y)
+        x, y, *rest = batch  # (x, y, index) from kdlab data modules
+        out = self.step_outputs(x, y, rest[0] if rest else None)
         losses = {f"loss_{name}": term(out) for name, term in self.terms.items()}
         loss = torch.stack(list(losses.values())).sum()
         if not torch.isfinite(loss):
@@ -142,7 +154,7 @@ class OfflineDistillation(pl.LightningModule):
         self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self.student(x)
         self.student_taps.pop()
         self.val_means.add({"loss": F.cross_entropy(logits, y)}, len(y))

@@ -1,0 +1,106 @@
+"""A distillation method is a dict of weighted terms (``conf/distill/<method>.yaml``).
+
+A term wraps one pure loss of ``kdlab.losses`` with its weight and hyper-parameters, says
+which feature taps it reads, and owns the learnable parts its method needs. Strategies hand
+every term the same ``StepOutputs`` and sum what the terms return, so any method runs under
+any strategy (offline, online, self) without new code.
+
+A strategy calls, in order: ``select_taps(student, teacher)`` (choose module paths),
+``build(student_feats, teacher_feats)`` (learnable parts from probed shapes),
+``prepare(train_targets)`` (data-dependent state, at fit start), then ``forward`` each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from kdlab.errors import KdlabError
+from kdlab.models import feature_stages
+
+
+@dataclass
+class StepOutputs:
+    """What one training step gives the terms: logits, labels, sample indices, tapped features."""
+
+    student_logits: Tensor  # (b, c)
+    target: Tensor  # (b,)
+    teacher_logits: Tensor | None = None  # (b, c), no grad
+    student_feats: dict[str, Tensor] = field(default_factory=dict)  # tap path -> features
+    teacher_feats: dict[str, Tensor] = field(default_factory=dict)
+    index: Tensor | None = None  # (b,) position of each sample in the training split
+    epoch: int = 0  # 0-based
+
+
+class Term(nn.Module):
+    """One weighted term. Subclasses implement ``loss``; ``forward`` returns it already weighted."""
+
+    needs_teacher: bool = True
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = float(weight)
+        self.student_taps: list[str] = []
+        self.teacher_taps: list[str] = []
+
+    def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Choose the module paths to tap (feature terms). Default: none."""
+
+    def build(self, student_feats: dict[str, Tensor], teacher_feats: dict[str, Tensor]) -> None:
+        """Create learnable parts from probed feature shapes (regressors, embeddings). Default: none."""
+
+    def prepare(self, train_targets: Tensor) -> None:
+        """Set up state that depends on the training data (memory banks). Default: none."""
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, out: StepOutputs) -> Tensor:
+        return self.weight * self.loss(out)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+class FeatureTerm(Term):
+    """A term on tapped features of both models.
+
+    ``student_taps`` / ``teacher_taps`` name module paths (or ``pre_logits``, the classifier's
+    input); left null, the method picks among the models' declared feature stages
+    (``default_taps``). Paired lists have equal length.
+    """
+
+    def __init__(self, weight: float = 1.0, student_taps: Sequence[str] | None = None,
+                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+        super().__init__(weight)
+        self.student_taps = list(student_taps or [])
+        self.teacher_taps = list(teacher_taps or [])
+
+    def default_taps(
+        self, student_stages: list[str], teacher_stages: list[str]
+    ) -> tuple[list[str], list[str]]:
+        raise NotImplementedError
+
+    def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        if not self.student_taps or not self.teacher_taps:
+            s_stages = feature_stages(student, "student") if not self.student_taps else []
+            t_stages = feature_stages(teacher, "teacher") if not self.teacher_taps else []
+            s_default, t_default = self.default_taps(s_stages, t_stages)
+            self.student_taps = self.student_taps or s_default
+            self.teacher_taps = self.teacher_taps or t_default
+        if len(self.student_taps) != len(self.teacher_taps):
+            raise KdlabError(
+                f"{type(self).__name__} pairs student taps {self.student_taps} with teacher taps "
+                f"{self.teacher_taps}: give as many of each"
+            )
+
+    def pairs(self, out: StepOutputs) -> list[tuple[Tensor, Tensor]]:
+        """(student, teacher) feature pairs of this step, in tap order."""
+        return [
+            (out.student_feats[s], out.teacher_feats[t]) for s, t in zip(self.student_taps, self.teacher_taps)
+        ]
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, student_taps={self.student_taps}, teacher_taps={self.teacher_taps}"

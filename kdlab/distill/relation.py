@@ -1,0 +1,160 @@
+"""Relation-based terms: the student matches how the teacher relates the samples of a batch
+(or, for CRD, of the whole training set through a memory bank)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.distill.base import FeatureTerm, StepOutputs
+from kdlab.errors import KdlabError
+from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
+from kdlab.models import PRE_LOGITS
+
+
+class SP(FeatureTerm):
+    """Tung & Mori (2019): batch similarity (Gram) matrices of the last feature stage."""
+
+    def __init__(self, weight: float = 3000.0, student_taps: Sequence[str] | None = None,
+                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+        super().__init__(weight, student_taps, teacher_taps)
+
+    def default_taps(self, student_stages, teacher_stages):
+        return student_stages[-1:], teacher_stages[-1:]
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return sum(sp_loss(fs, ft) for fs, ft in self.pairs(out))
+
+
+class EmbeddingTerm(FeatureTerm):
+    """A term on the penultimate embeddings (the classifier's inputs) unless told otherwise."""
+
+    def default_taps(self, student_stages, teacher_stages):
+        return [PRE_LOGITS], [PRE_LOGITS]
+
+    def select_taps(self, student, teacher):  # no declared stages needed for pre_logits
+        self.student_taps = self.student_taps or [PRE_LOGITS]
+        self.teacher_taps = self.teacher_taps or [PRE_LOGITS]
+        super().select_taps(student, teacher)
+
+
+class PKT(EmbeddingTerm):
+    """Passalis & Tefas (2018): conditional probability distributions of cosine similarities."""
+
+    def __init__(self, weight: float = 30000.0, student_taps: Sequence[str] | None = None,
+                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+        super().__init__(weight, student_taps, teacher_taps)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return sum(pkt_loss(fs, ft) for fs, ft in self.pairs(out))
+
+
+class RKD(EmbeddingTerm):
+    """Park et al. (2019): distance- and angle-wise relations of the embeddings."""
+
+    def __init__(self, weight: float = 1.0, distance_weight: float = 25.0, angle_weight: float = 50.0,
+                 student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None):  # fmt: skip
+        super().__init__(weight, student_taps, teacher_taps)
+        self.distance_weight, self.angle_weight = distance_weight, angle_weight
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return sum(rkd_loss(fs, ft, self.distance_weight, self.angle_weight) for fs, ft in self.pairs(out))
+
+
+class Embed(nn.Module):
+    """CRD's embedding head: flatten -> linear -> L2 normalisation."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(x.flatten(1)), dim=1)
+
+
+class ContrastMemory(nn.Module):
+    """CRD's memory bank: one slowly updated embedding per training sample and per model.
+
+    Scores of a view are exp(<memory of the other model, embedding> / T) / Z for the positive
+    and K negatives; Z is fixed from the first batch (mean score times ``n_data``), as the
+    reference code. After scoring, the positives' memories move towards the new embeddings
+    (``momentum``) and are re-normalised.
+    """
+
+    def __init__(self, dim: int, n_data: int, nce_t: float, momentum: float):
+        super().__init__()
+        self.n_data, self.nce_t, self.momentum = n_data, nce_t, momentum
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory_s", torch.rand(n_data, dim) * 2 * stdv - stdv)
+        self.register_buffer("memory_t", torch.rand(n_data, dim) * 2 * stdv - stdv)
+        self.register_buffer("z", torch.full((2,), -1.0))  # (Z_student, Z_teacher); < 0: not set yet
+
+    def forward(self, v_s: Tensor, v_t: Tensor, index: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
+        """v_*: (b, d) embeddings; index: (b,) their samples; sample: (b, 1 + K), positives first."""
+        scores_s = torch.exp(
+            torch.bmm(self.memory_t[sample], v_s.unsqueeze(2)).squeeze(2) / self.nce_t
+        )  # (b, 1+K)
+        scores_t = torch.exp(torch.bmm(self.memory_s[sample], v_t.unsqueeze(2)).squeeze(2) / self.nce_t)
+        if self.z[0] < 0:
+            self.z.copy_(torch.stack([scores_s.mean(), scores_t.mean()]).detach() * self.n_data)
+        with torch.no_grad():
+            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+                moved = memory[index] * self.momentum + v.detach().float() * (1 - self.momentum)
+                memory.index_copy_(0, index, F.normalize(moved, dim=1))
+        return scores_s / self.z[0], scores_t / self.z[1]
+
+
+class CRD(EmbeddingTerm):
+    """Tian et al. (2020): contrastive representation distillation. Embedding heads on both
+    models' penultimate features and a memory bank of every training sample; each step
+    contrasts a sample's positive pair against ``nce_k`` negatives drawn from other classes
+    (the reference code's 'exact' mode). Needs ``(x, y, index)`` batches."""
+
+    def __init__(self, weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
+                 nce_m: float = 0.5, student_taps: Sequence[str] | None = None,
+                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+        super().__init__(weight, student_taps, teacher_taps)
+        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = feat_dim, nce_k, nce_t, nce_m
+        self.memory: ContrastMemory | None = None
+
+    def select_taps(self, student, teacher):
+        super().select_taps(student, teacher)
+        if len(self.student_taps) != 1:
+            raise KdlabError(
+                f"CRD contrasts one feature pair, got taps {self.student_taps} / {self.teacher_taps}"
+            )
+
+    def build(self, student_feats, teacher_feats):
+        s, t = student_feats[self.student_taps[0]], teacher_feats[self.teacher_taps[0]]
+        self.embed_s = Embed(s[0].numel(), self.feat_dim)
+        self.embed_t = Embed(t[0].numel(), self.feat_dim)
+
+    def prepare(self, train_targets: Tensor) -> None:
+        n = len(train_targets)
+        if self.memory is None or self.memory.n_data != n:
+            device = self.embed_s.linear.weight.device
+            self.memory = ContrastMemory(self.feat_dim, n, self.nce_t, self.nce_m).to(device)
+        self.register_buffer("targets", train_targets.to(self.memory.memory_s.device), persistent=False)
+
+    def negatives(self, index: Tensor, target: Tensor) -> Tensor:
+        """(b, 1 + K) sample indices: each row's own index, then K indices of other classes."""
+        neg = torch.randint(0, len(self.targets), (len(index), self.nce_k), device=index.device)
+        clash = self.targets[neg] == target[:, None]
+        while clash.any():  # redraw same-class picks (few per round when classes are many)
+            neg[clash] = torch.randint(0, len(self.targets), (int(clash.sum()),), device=index.device)
+            clash = self.targets[neg] == target[:, None]
+        return torch.cat([index[:, None], neg], 1)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        if self.memory is None or out.index is None:
+            raise KdlabError(
+                "CRD needs its memory bank and sample indices: train it through a kdlab data module"
+            )
+        ((fs, ft),) = self.pairs(out)
+        v_s, v_t = self.embed_s(fs), self.embed_t(ft)
+        scores_s, scores_t = self.memory(v_s, v_t, out.index, self.negatives(out.index, out.target))
+        return crd_loss(scores_s, scores_t, self.memory.n_data)

@@ -1,0 +1,77 @@
+"""Response-based terms: the student matches the teacher's logits."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.distill.base import StepOutputs, Term
+from kdlab.losses import dist_loss, dkd_loss, kd_loss, mse_logits_loss
+
+
+class CrossEntropy(Term):
+    """Cross-entropy with the ground-truth labels (optionally label-smoothed)."""
+
+    needs_teacher = False
+
+    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0):
+        super().__init__(weight)
+        self.label_smoothing = label_smoothing
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return F.cross_entropy(out.student_logits, out.target, label_smoothing=self.label_smoothing)
+
+
+def _check_temperature(temperature: float) -> float:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return float(temperature)
+
+
+class KD(Term):
+    """Hinton et al. (2015): KL to the teacher's softened distribution, times T^2."""
+
+    def __init__(self, weight: float = 1.0, temperature: float = 4.0):
+        super().__init__(weight)
+        self.temperature = _check_temperature(temperature)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return kd_loss(out.student_logits, out.teacher_logits, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, temperature={self.temperature}"
+
+
+class MSELogits(Term):
+    """Ba & Caruana (2014): regression onto the teacher's logits."""
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return mse_logits_loss(out.student_logits, out.teacher_logits)
+
+
+class DKD(Term):
+    """Zhao et al. (2022): ``alpha`` TCKD + ``beta`` NCKD, ramped up linearly over the first
+    ``warmup_epochs`` epochs (factor min((epoch + 1) / warmup, 1), as mdistiller's 1-based epochs)."""
+
+    def __init__(self, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+                 warmup_epochs: int = 20):  # fmt: skip
+        super().__init__(weight)
+        self.alpha, self.beta, self.warmup_epochs = alpha, beta, warmup_epochs
+        self.temperature = _check_temperature(temperature)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        ramp = min((out.epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        return ramp * dkd_loss(out.student_logits, out.teacher_logits, out.target, self.alpha, self.beta,
+                               self.temperature)  # fmt: skip
+
+
+class DIST(Term):
+    """Huang et al. (2022): inter- (``beta``) and intra-class (``gamma``) Pearson relations."""
+
+    def __init__(self, weight: float = 1.0, beta: float = 2.0, gamma: float = 2.0, temperature: float = 4.0):
+        super().__init__(weight)
+        self.beta, self.gamma = beta, gamma
+        self.temperature = _check_temperature(temperature)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return dist_loss(out.student_logits, out.teacher_logits, self.beta, self.gamma, self.temperature)
