@@ -84,6 +84,7 @@ class AT(FeatureTerm):
         self.p = p
 
     def default_taps(self, student_stages, teacher_stages):
+        # a side given explicitly arrives with no stages: pair as many of the other side's stages
         k = min(len(student_stages) or len(self.student_taps), len(teacher_stages) or len(self.teacher_taps))
         return student_stages[len(student_stages) - k :], teacher_stages[len(teacher_stages) - k :]
 
