@@ -1,5 +1,7 @@
 """Where an offline teacher comes from, and the cache that lets every run reuse a trained one.
 
+``get_teacher(cfg, data)`` is the entry point.
+
 In order: ``teacher.checkpoint`` (a file you give), else the cached teacher whose key matches
 this config, else kdlab trains it on demand (``kdlab/train.py``) and stores it under that
 key. The key hashes what determines the trained weights: arch and its kwargs, pretrained
@@ -13,10 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 from filelock import FileLock
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdlab.distill import CrossEntropy
+from kdlab.errors import KdlabError
+from kdlab.models import create_model
+from kdlab.models.checkpoint import load_weights, save_weights
+from kdlab.models.ensemble import TeacherEnsemble
+from kdlab.strategies import OfflineDistillation
+from kdlab.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +79,91 @@ def cache_lock(entry: Path) -> FileLock:
 def write_recipe(entry: Path, recipe: dict, metrics: dict) -> None:
     entry.mkdir(parents=True, exist_ok=True)
     (entry / "recipe.json").write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=2) + "\n")
+
+
+def fit_teacher(
+    cfg: DictConfig, t: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
+) -> tuple[nn.Module, OfflineDistillation]:
+    """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    data = instantiate(cfg.data, batch_size=t.batch_size)
+    model = create_model(t.arch, data.num_classes, data.input_shape, pretrained=t.pretrained,
+                         pretrained_path=t.pretrained_path, **t.kwargs)  # fmt: skip
+    scheduler = instantiate(t.scheduler) if t.scheduler else None
+    module = OfflineDistillation(model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes,
+                                 data.input_shape, scheduler=scheduler)  # fmt: skip
+    trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
+    trainer.fit(module, datamodule=data)
+    return model.cpu(), module
+
+
+def get_teacher(cfg: DictConfig, data) -> nn.Module:
+    """The offline teacher of ``cfg.teacher``: one model, or a ``TeacherEnsemble`` of its members."""
+    ens = cfg.teacher.get("ensemble")
+    if not ens:
+        return single_teacher(cfg, cfg.teacher, data)
+    base = OmegaConf.to_container(cfg.teacher, resolve=True)
+    base.pop("ensemble")
+    members = [
+        OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)
+    ]
+    models = [single_teacher(cfg, m, data) for m in members]
+    arch = f"ensemble[{','.join(m.arch for m in members)}]"
+    log.info(f"teacher: {arch}, combining {ens.combine}")
+    return TeacherEnsemble(models, ens.get("weights"), ens.combine, arch=arch)
+
+
+def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
+    """Teacher ``t``: its ``checkpoint``, else the cached one for its recipe, else trained now and cached."""
+    shape, classes = data.input_shape, data.num_classes
+    if t.checkpoint:
+        path = Path(t.checkpoint)
+        if not path.is_file():
+            raise KdlabError(
+                f"teacher checkpoint {path} not found; make one with `kdlab-train task=teacher teacher.arch={t.arch} "
+                f"data=...` (it prints where it saved it), or set teacher.checkpoint=null to train it on demand"
+            )
+        log.info(f"teacher: loading {path}")
+        return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
+    if t.max_epochs == 0:  # pretrained weights used as they are
+        return create_model(t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path,
+                            **t.kwargs)  # fmt: skip
+    key = teacher_key(teacher_recipe(t, cfg.data), data.name)
+    entry = cache_entry(cfg.paths.cache_dir, key)
+    with cache_lock(entry):  # concurrent runs wait for the one that trains
+        if (entry / WEIGHTS_FILE).is_file():
+            try:
+                model = load_weights(entry / WEIGHTS_FILE, t.arch, classes, shape, t.kwargs, role="teacher")
+                log.info(f"teacher: reusing cached {key} ({entry})")
+                return model
+            except KdlabError as e:
+                log.warning(f"teacher: cached {key} unreadable ({e}); training it again")
+        log.info(
+            f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)"
+        )
+        start = time.perf_counter()
+        # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
+        model, module = fit_teacher(cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto",
+                                    sync_batchnorm=False)  # fmt: skip
+        metrics = {
+            "val_acc_best": module.val_acc_best.compute().item(),
+            "train_s": round(time.perf_counter() - start, 2),
+        }
+        cache_teacher(cfg, t, data, model, metrics)
+        return model
+
+
+def cache_teacher(cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict,
+                  also_to: Path | None = None) -> str:  # fmt: skip
+    """Store ``model`` as the cached teacher of recipe ``t`` (and at ``also_to``); returns its key."""
+    recipe = teacher_recipe(t, cfg.data)
+    key = teacher_key(recipe, data.name)
+    entry = cache_entry(cfg.paths.cache_dir, key)
+    kwargs = OmegaConf.to_container(t.kwargs)
+    for path in [p for p in (also_to,) if p is not None]:
+        save_weights(model, path, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
+    with cache_lock(entry):  # re-entrant: single_teacher may already hold it
+        save_weights(model, entry / WEIGHTS_FILE, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
+        write_recipe(entry, recipe, metrics)
+    log.info(f"teacher: cached {key} at {entry}")
+    return key

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -23,164 +22,19 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.seed import isolate_rng
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf import DictConfig
 
 from kdlab import CONFIG_DIR
-from kdlab.callbacks import ProgressBar
-from kdlab.distill import CrossEntropy
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
-from kdlab.models.checkpoint import load_weights, save_weights
-from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
 from kdlab.strategies import OfflineDistillation
-from kdlab.teacher import WEIGHTS_FILE, cache_entry, cache_lock, teacher_key, teacher_recipe, write_recipe
+from kdlab.teacher import WEIGHTS_FILE, cache_teacher, fit_teacher, get_teacher
+from kdlab.trainer import build_loggers, build_trainer, quiet_third_party
 
 log = logging.getLogger("kdlab")
 TASKS = ("distill", "teacher")
-
-
-def quiet_third_party() -> None:
-    """Keep the terminal for kdlab's own lines: no Lightning tips/device banners, no known-harmless warnings."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    for pattern in (
-        ".*does not have many workers.*",  # in-memory tensors need none
-        ".*isinstance\\(treespec, LeafSpec\\).*",
-        ".*The number of training batches .* is smaller than the logging interval.*",
-        ".*module\\(s\\) in eval mode at the start of training.*",  # the frozen teacher, on purpose
-    ):
-        warnings.filterwarnings("ignore", pattern)
-
-
-def build_loggers(cfg: DictConfig, tags: list[str]) -> list:
-    """The Lightning loggers of ``cfg.logger`` (W&B gets the run's tags), with the resolved config logged."""
-    loggers = []
-    for lg_cfg in (cfg.logger or {}).values():
-        extra = {"tags": tags} if lg_cfg._target_.endswith("WandbLogger") and not lg_cfg.get("tags") else {}
-        loggers.append(instantiate(lg_cfg, **extra))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return loggers
-
-
-def build_trainer(
-    cfg: DictConfig, output_dir: Path, loggers: list, max_epochs: int, checkpoints: bool, **overrides
-) -> pl.Trainer:
-    """``cfg.trainer`` plus kdlab's callbacks: last + best (val/acc) checkpoints, rich progress bar."""
-    callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []]
-    if checkpoints:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=output_dir / "checkpoints",
-                filename="best-epoch{epoch:03d}",
-                monitor="val/acc",
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-            )
-        )
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(ProgressBar(refresh_rate=10))
-    return instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        max_epochs=max_epochs,
-        enable_checkpointing=checkpoints,
-        default_root_dir=str(output_dir),
-        **overrides,
-    )
-
-
-def fit_teacher(
-    cfg: DictConfig, t: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
-) -> tuple[nn.Module, OfflineDistillation]:
-    """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
-    pl.seed_everything(t.seed, workers=True, verbose=False)
-    data = instantiate(cfg.data, batch_size=t.batch_size)
-    model = create_model(t.arch, data.num_classes, data.input_shape, pretrained=t.pretrained,
-                         pretrained_path=t.pretrained_path, **t.kwargs)  # fmt: skip
-    scheduler = instantiate(t.scheduler) if t.scheduler else None
-    module = OfflineDistillation(model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes,
-                                 data.input_shape, scheduler=scheduler)  # fmt: skip
-    trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
-    trainer.fit(module, datamodule=data)
-    return model.cpu(), module
-
-
-def get_teacher(cfg: DictConfig, data) -> nn.Module:
-    """The offline teacher of ``cfg.teacher``: one model, or a ``TeacherEnsemble`` of its members."""
-    ens = cfg.teacher.get("ensemble")
-    if not ens:
-        return single_teacher(cfg, cfg.teacher, data)
-    base = OmegaConf.to_container(cfg.teacher, resolve=True)
-    base.pop("ensemble")
-    members = [
-        OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)
-    ]
-    models = [single_teacher(cfg, m, data) for m in members]
-    arch = f"ensemble[{','.join(m.arch for m in members)}]"
-    log.info(f"teacher: {arch}, combining {ens.combine}")
-    return TeacherEnsemble(models, ens.get("weights"), ens.combine, arch=arch)
-
-
-def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
-    """Teacher ``t``: its ``checkpoint``, else the cached one for its recipe, else trained now and cached."""
-    shape, classes = data.input_shape, data.num_classes
-    if t.checkpoint:
-        path = Path(t.checkpoint)
-        if not path.is_file():
-            raise KdlabError(
-                f"teacher checkpoint {path} not found; make one with `kdlab-train task=teacher teacher.arch={t.arch} "
-                f"data=...` (it prints where it saved it), or set teacher.checkpoint=null to train it on demand"
-            )
-        log.info(f"teacher: loading {path}")
-        return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
-    if t.max_epochs == 0:  # pretrained weights used as they are
-        return create_model(t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path,
-                            **t.kwargs)  # fmt: skip
-    key = teacher_key(teacher_recipe(t, cfg.data), data.name)
-    entry = cache_entry(cfg.paths.cache_dir, key)
-    with cache_lock(entry):  # concurrent runs wait for the one that trains
-        if (entry / WEIGHTS_FILE).is_file():
-            try:
-                model = load_weights(entry / WEIGHTS_FILE, t.arch, classes, shape, t.kwargs, role="teacher")
-                log.info(f"teacher: reusing cached {key} ({entry})")
-                return model
-            except KdlabError as e:
-                log.warning(f"teacher: cached {key} unreadable ({e}); training it again")
-        log.info(
-            f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)"
-        )
-        start = time.perf_counter()
-        # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
-        model, module = fit_teacher(cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto",
-                                    sync_batchnorm=False)  # fmt: skip
-        metrics = {
-            "val_acc_best": module.val_acc_best.compute().item(),
-            "train_s": round(time.perf_counter() - start, 2),
-        }
-        cache_teacher(cfg, t, data, model, metrics)
-        return model
-
-
-def cache_teacher(cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict,
-                  also_to: Path | None = None) -> str:  # fmt: skip
-    """Store ``model`` as the cached teacher of recipe ``t`` (and at ``also_to``); returns its key."""
-    recipe = teacher_recipe(t, cfg.data)
-    key = teacher_key(recipe, data.name)
-    entry = cache_entry(cfg.paths.cache_dir, key)
-    kwargs = OmegaConf.to_container(t.kwargs)
-    for path in [p for p in (also_to,) if p is not None]:
-        save_weights(model, path, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
-    with cache_lock(entry):  # re-entrant: single_teacher may already hold it
-        save_weights(model, entry / WEIGHTS_FILE, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
-        write_recipe(entry, recipe, metrics)
-    log.info(f"teacher: cached {key} at {entry}")
-    return key
 
 
 def distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> OfflineDistillation:

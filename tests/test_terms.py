@@ -99,6 +99,9 @@ def test_crd_memory_moves_towards_the_embeddings_and_stays_normalised():
                       teacher_feats={"t": torch.randn(2, 7)}, index=index)  # fmt: skip
     loss = term(out)
     assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert term.embed_s.linear.weight.grad.abs().sum() > 0 and term.embed_t.linear.weight.grad.abs().sum() > 0
+    term.memory._apply_pending_update()  # the next step's forward applies the move
     after = term.memory.memory_s[index]
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after.norm(dim=1), torch.ones(2))
@@ -106,8 +109,6 @@ def test_crd_memory_moves_towards_the_embeddings_and_stays_normalised():
     assert (z > 0).all()
     term(out)
     assert torch.equal(term.memory.z, z)  # the normalisation constant is fixed after the first batch
-    loss.backward()
-    assert term.embed_s.linear.weight.grad.abs().sum() > 0 and term.embed_t.linear.weight.grad.abs().sum() > 0
 
 
 def test_crd_needs_sample_indices():
@@ -149,3 +150,20 @@ def test_teacher_ensemble_bad_settings_fail_clearly():
         TeacherEnsemble([Constant([0.0, 1.0]), Constant([1.0, 0.0])], weights=[1, -1])
     with pytest.raises(KdlabError, match="use probs or logits"):
         TeacherEnsemble([Constant([0.0, 1.0]), Constant([1.0, 0.0])], combine="median")
+
+
+def test_crd_scores_equal_the_reference_gather_formulation():
+    torch.manual_seed(1)
+    term, targets = make_crd(n=30, k=6)
+    memory = term.memory
+    v_s, v_t = (
+        torch.nn.functional.normalize(torch.randn(4, 6), dim=1),
+        torch.nn.functional.normalize(torch.randn(4, 6), dim=1),
+    )
+    index = torch.tensor([1, 2, 3, 4])
+    sample = term.negatives(index, targets[index])
+    ref_s = torch.exp(torch.bmm(memory.memory_t[sample], v_s.unsqueeze(2)).squeeze(2) / memory.nce_t)
+    ref_t = torch.exp(torch.bmm(memory.memory_s[sample], v_t.unsqueeze(2)).squeeze(2) / memory.nce_t)
+    s, t = memory(v_s, v_t, index, sample)
+    torch.testing.assert_close(s * memory.z[0], ref_s)
+    torch.testing.assert_close(t * memory.z[1], ref_t)

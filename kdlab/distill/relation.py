@@ -82,7 +82,9 @@ class ContrastMemory(nn.Module):
     Scores of a view are exp(<memory of the other model, embedding> / T) / Z for the positive
     and K negatives; Z is fixed from the first batch (mean score times ``n_data``), as the
     reference code. After scoring, the positives' memories move towards the new embeddings
-    (``momentum``) and are re-normalised.
+    (``momentum``) and are re-normalised; the move is applied when the next step starts
+    (after this step's backward, which needs the old memory), so every step scores against
+    the same memory as in the reference code.
     """
 
     def __init__(self, dim: int, n_data: int, nce_t: float, momentum: float):
@@ -92,20 +94,32 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_s", torch.rand(n_data, dim) * 2 * stdv - stdv)
         self.register_buffer("memory_t", torch.rand(n_data, dim) * 2 * stdv - stdv)
         self.register_buffer("z", torch.full((2,), -1.0))  # (Z_student, Z_teacher); < 0: not set yet
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # last step's (index, v_s, v_t)
 
     def forward(self, v_s: Tensor, v_t: Tensor, index: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
         """v_*: (b, d) embeddings; index: (b,) their samples; sample: (b, 1 + K), positives first."""
+        self._apply_pending_update()
+        # <memory[sample[i, k]], v[i]> as one (b, n) product and a gather: far cheaper than
+        # gathering (b, 1 + K, d) memory rows when K is a sizeable fraction of n
         scores_s = torch.exp(
-            torch.bmm(self.memory_t[sample], v_s.unsqueeze(2)).squeeze(2) / self.nce_t
+            (v_s @ self.memory_t.t().to(v_s.dtype)).gather(1, sample) / self.nce_t
         )  # (b, 1+K)
-        scores_t = torch.exp(torch.bmm(self.memory_s[sample], v_t.unsqueeze(2)).squeeze(2) / self.nce_t)
+        scores_t = torch.exp((v_t @ self.memory_s.t().to(v_t.dtype)).gather(1, sample) / self.nce_t)
         if self.z[0] < 0:
             self.z.copy_(torch.stack([scores_s.mean(), scores_t.mean()]).detach() * self.n_data)
-        with torch.no_grad():
-            for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
-                moved = memory[index] * self.momentum + v.detach().float() * (1 - self.momentum)
-                memory.index_copy_(0, index, F.normalize(moved, dim=1))
+        # the memories feed this step's backward: move them at the start of the next step
+        self._pending = (index, v_s.detach().float(), v_t.detach().float())
         return scores_s / self.z[0], scores_t / self.z[1]
+
+    @torch.no_grad()
+    def _apply_pending_update(self) -> None:
+        if self._pending is None:
+            return
+        index, v_s, v_t = self._pending
+        for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+            moved = memory[index] * self.momentum + v * (1 - self.momentum)
+            memory.index_copy_(0, index, F.normalize(moved, dim=1))
+        self._pending = None
 
 
 class CRD(EmbeddingTerm):
