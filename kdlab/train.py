@@ -15,7 +15,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning.pytorch as pl
@@ -23,13 +26,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities.seed import isolate_rng
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from kdlab import CONFIG_DIR
+from kdlab.distill import CrossEntropy
 from kdlab.errors import KdlabError
-from kdlab.models import create_model
+from kdlab.models import count_params, create_model
+from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
-from kdlab.strategies import OfflineDistillation
+from kdlab.report.results import model_report
+from kdlab.strategies import BornAgain, OfflineDistillation, OnlineDistillation, SelfDistillation
 from kdlab.teacher import WEIGHTS_FILE, cache_teacher, fit_teacher, get_teacher
 from kdlab.trainer import build_loggers, build_trainer, quiet_third_party
 
@@ -37,26 +44,134 @@ log = logging.getLogger("kdlab")
 TASKS = ("distill", "teacher")
 
 
-def distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> OfflineDistillation:
-    """Build the method's terms, the student, the teacher it needs and the strategy module; fit."""
-    terms = instantiate(cfg.distill.terms)
-    student = create_model(cfg.student.arch, data.num_classes, data.input_shape, **cfg.student.kwargs)
-    teacher = None
-    if any(t.needs_teacher for t in terms.values()):
+@dataclass
+class Fitted:
+    """What a fit hands to evaluation: the models results.json reports, and extras per strategy."""
+
+    student: nn.Module | None
+    teacher: nn.Module | None
+    val_acc_best: float
+    is_global_zero: bool
+    extras: Callable[[Any], dict] = field(default=lambda data: {})  # data -> extra results.json keys
+    student_arch: str | None = None  # default: cfg.student.arch
+    teacher_arch: str | None = None  # default: cfg.teacher.arch (or the ensemble's description)
+
+
+def build_student(spec: DictConfig, data) -> nn.Module:
+    return create_model(spec.arch, data.num_classes, data.input_shape, **spec.kwargs)
+
+
+def factories(spec: DictConfig) -> tuple[Callable, Callable | None]:
+    """The (optimizer, scheduler) partials of a model preset."""
+    return instantiate(spec.optimizer), (instantiate(spec.scheduler) if spec.scheduler else None)
+
+
+def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, teacher: nn.Module | None = None,
+                terms: dict | None = None, log_prefix: str = "", strategy: Callable | None = None) -> OfflineDistillation:  # fmt: skip
+    """The student, the teacher its terms need (``cfg.teacher`` unless given), the offline module
+    (``cfg.strategy`` unless given); fit."""
+    spec = cfg.student
+    terms = instantiate(cfg.distill.terms) if terms is None else terms
+    student = build_student(spec, data)
+    if teacher is None and any(t.needs_teacher for t in terms.values()):
         with isolate_rng():  # the same run whether the teacher is trained now or read from the cache
             teacher = get_teacher(cfg, data)
-    module = instantiate(cfg.strategy)(
-        student=student,
-        teacher=teacher,
-        terms=terms,
-        optimizer=instantiate(cfg.student.optimizer),
-        scheduler=instantiate(cfg.student.scheduler) if cfg.student.scheduler else None,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-    )
-    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True)
+    optimizer, scheduler = factories(spec)
+    module = (strategy or instantiate(cfg.strategy))(
+        student=student, teacher=teacher, terms=terms, optimizer=optimizer, scheduler=scheduler,
+        num_classes=data.num_classes, input_shape=data.input_shape, log_prefix=log_prefix,
+    )  # fmt: skip
+    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True,
+                            monitor=f"{log_prefix}val/acc")  # fmt: skip
     trainer.fit(module, datamodule=data)
     return module.cpu()
+
+
+def offline(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+    module = fit_offline(cfg, data, output_dir, loggers)
+    return Fitted(
+        module.student, module.teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero
+    )
+
+
+def online(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+    """Peers from ``strategy.peers`` (a count of ``student`` copies, or per-peer overrides of it)."""
+    spec = cfg.strategy.peers
+    overrides = [{}] * spec if isinstance(spec, int) else OmegaConf.to_container(spec, resolve=True)
+    base = OmegaConf.to_container(cfg.student, resolve=True)
+    peer_specs = [OmegaConf.create({**base, **o}) for o in overrides]
+    peers = [build_student(p, data) for p in peer_specs]
+    optimizers, schedulers = zip(*(factories(p) for p in peer_specs)) if peer_specs else ((), ())
+    module = instantiate(cfg.strategy)(
+        peers=peers, terms=instantiate(cfg.distill.terms), optimizers=list(optimizers), schedulers=list(schedulers),
+        num_classes=data.num_classes, input_shape=data.input_shape,
+    )  # fmt: skip
+    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True)
+    trainer.fit(module, datamodule=data)
+    module.cpu()
+    best, deployed = module.best_val_accs(), module.deployed_index()
+
+    def extras(data) -> dict:
+        reports = [{"peer": i, **model_report(p, s.arch, data)[0], "val_acc_best": best[i]}
+                   for i, (p, s) in enumerate(zip(module.peers, peer_specs))]  # fmt: skip
+        return {"peers": reports, "deployed_peer": deployed, "mode": module.mode}
+
+    return Fitted(module.peers[deployed], None, best[deployed], trainer.is_global_zero, extras,
+                  student_arch=peer_specs[deployed].arch)  # fmt: skip
+
+
+def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+    """BYOT: auxiliary heads on the student's stages, taught by its deepest classifier."""
+    optimizer, scheduler = factories(cfg.student)
+    module = instantiate(cfg.strategy)(
+        student=build_student(cfg.student, data), terms=instantiate(cfg.distill.terms), optimizer=optimizer,
+        scheduler=scheduler, num_classes=data.num_classes, input_shape=data.input_shape,
+    )  # fmt: skip
+    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True)
+    trainer.fit(module, datamodule=data)
+    module.cpu()
+
+    def extras(data) -> dict:
+        exits = [{"exit": i, "tap": path, "test_acc": model_report(m, path, data)[0]["test_acc"],
+                  "head_params": count_params(module.heads[i])}
+                 for i, (path, m) in enumerate(module.exits())]  # fmt: skip
+        return {"exits": exits}
+
+    return Fitted(module.student, None, module.val_acc_best.compute().item(), trainer.is_global_zero, extras)
+
+
+def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+    """Generations of the student, each (but the first) distilled from the previous one."""
+    plan = instantiate(cfg.strategy)
+    generations: list[OfflineDistillation] = []
+    for g in range(plan.generations):
+        teacher = generations[-1].student.requires_grad_(False) if generations else None
+        terms = instantiate(cfg.distill.terms) if teacher is not None else {"ce": CrossEntropy()}
+        log.info(f"born-again: generation {g} of {plan.generations}" + (" (labels only)" if g == 0 else ""))
+        generations.append(fit_offline(cfg, data, output_dir / f"gen{g}", loggers, teacher=teacher, terms=terms,
+                                       log_prefix=f"gen{g}/", strategy=OfflineDistillation))  # fmt: skip
+    last = generations[-1]
+    students = [m.student for m in generations]
+
+    def extras(data) -> dict:
+        out = {"generations": [{"generation": g, **model_report(s, cfg.student.arch, data)[0],
+                                "val_acc_best": round(m.val_acc_best.compute().item(), 6)}
+                               for g, (s, m) in enumerate(zip(students, generations))]}  # fmt: skip
+        if plan.ensemble:
+            ens = TeacherEnsemble(students, arch=f"ensemble[{cfg.student.arch} x{len(students)}]")
+            out["ensemble"] = model_report(ens, ens.kdlab_arch, data)[0]
+        return out
+
+    return Fitted(last.student, generations[-2].student, last.val_acc_best.compute().item(),
+                  last.trainer.is_global_zero, extras, teacher_arch=f"{cfg.student.arch} (generation {len(students) - 2})")  # fmt: skip
+
+
+STRATEGIES: dict[type, Callable[..., Fitted]] = {
+    OfflineDistillation: offline,
+    OnlineDistillation: online,
+    SelfDistillation: self_distill,
+    BornAgain: born_again,
+}
 
 
 def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = ()) -> dict:
@@ -72,42 +187,35 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
     data = instantiate(cfg.data)
     strategy_cls = get_class(cfg.strategy._target_)
     method = cfg.distill.name if cfg.task == "distill" else None
-    tags = [f"task:{cfg.task}", f"data:{data.name}", f"teacher:{cfg.teacher.arch}"]
+    tags = [f"task:{cfg.task}", f"data:{data.name}"]
+    if cfg.task == "teacher" or strategy_cls is OfflineDistillation:
+        tags.append(f"teacher:{cfg.teacher.arch}")
     if cfg.task == "distill":
         tags += [f"strategy:{strategy_cls.name}", f"method:{method}", f"student:{cfg.student.arch}"]
     loggers = build_loggers(cfg, tags)
     ok, results = False, {}
     try:
         if cfg.task == "teacher":
-            if cfg.teacher.get("ensemble"):
-                raise KdlabError(
-                    "task=teacher trains one teacher; train the members one by one (teacher.seed=...)"
-                )
-            teacher, module = fit_teacher(cfg, cfg.teacher, output_dir, loggers, checkpoints=True)
-            student = None
-            if module.trainer.is_global_zero:
-                metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
-                cache_teacher(cfg, cfg.teacher, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
+            fitted = train_teacher(cfg, data, output_dir, loggers)
         else:
-            module = distill(cfg, data, output_dir, loggers)
-            student, teacher = module.student, module.teacher
-        if module.trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes
-            student_arch = cfg.student.arch if student is not None else None
+            fitted = STRATEGIES[strategy_cls](cfg, data, output_dir, loggers)
+        if fitted.is_global_zero:  # under DDP, rank 0 evaluates and writes
+            student_arch = fitted.student_arch or cfg.student.arch
+            teacher_arch = fitted.teacher_arch or getattr(fitted.teacher, "kdlab_arch", cfg.teacher.arch)
             results = {
                 "task": cfg.task,
                 "strategy": strategy_cls.name if cfg.task == "distill" else None,
                 "method": method,
                 "data": data.name,
                 "seed": cfg.seed,
-                **evaluate(
-                    student, student_arch, teacher, getattr(teacher, "kdlab_arch", cfg.teacher.arch), data
-                ),
+                **evaluate(fitted.student, student_arch, fitted.teacher, teacher_arch, data),
             }
-            trained = results["student"] if student is not None else results["teacher"]
-            trained["val_acc_best"] = round(module.val_acc_best.compute().item(), 6)
+            trained = results["student"] or results["teacher"]
+            trained["val_acc_best"] = round(fitted.val_acc_best, 6)
             results["wall_s"] = round(time.perf_counter() - start, 2)
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
+            results.update(fitted.extras(data))
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
         ok = True
@@ -116,6 +224,17 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
     if results:
         print_summary(results, output_dir / RESULTS_FILE)
     return results
+
+
+def train_teacher(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+    """task=teacher: train the teacher with its recipe, save it in the run and in the cache."""
+    if cfg.teacher.get("ensemble"):
+        raise KdlabError("task=teacher trains one teacher; train the members one by one (teacher.seed=...)")
+    teacher, module = fit_teacher(cfg, cfg.teacher, output_dir, loggers, checkpoints=True)
+    if module.trainer.is_global_zero:
+        metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
+        cache_teacher(cfg, cfg.teacher, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
+    return Fitted(None, teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero)
 
 
 def log_final_metrics(loggers: list, results: dict) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from kdlab import CONFIG_DIR, ROOT
 from kdlab.distill import Term
@@ -47,7 +47,16 @@ def test_experiment_composes(name):
     assert folder in ("mnist1d", "digits", "cifar10", "cifar100"), (
         "experiments live under a folder per dataset"
     )
-    assert file.startswith(cfg.distill.name), "experiment files are named <method>_<teacher>_<student>"
+    strategy = get_class(cfg.strategy._target_).name
+    named_after = (
+        cfg.distill.name,
+        strategy,
+        {"online": "dml"}.get(strategy),
+        {"self": "byot"}.get(strategy),
+    )
+    assert any(n and file.startswith(n) for n in named_after), (
+        "named <method or strategy>_<teacher>_<student>"
+    )
 
 
 def test_experiments_reachable_from_any_working_directory(tmp_path, monkeypatch):

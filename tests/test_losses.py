@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdlab.losses import kd_loss, mse_logits_loss
+from kdlab.losses import kd_loss, mse_logits_loss, tf_kd_loss
 
 
 def softmax(xs):
@@ -82,3 +82,13 @@ def test_mse_logits_loss_by_hand():
     # squared errors 1, 0, 4, 0 -> mean 1.25
     assert mse_logits_loss(s, t).item() == pytest.approx(1.25)
     assert mse_logits_loss(s, s.clone()).item() == 0.0
+
+
+def test_tf_kd_loss_by_hand():
+    # 3 classes, label 0, correct_prob 0.9 -> virtual (0.9, 0.05, 0.05); T = 0.5 -> softmax(1.8, 0.1, 0.1)
+    e = [math.exp(1.8), math.exp(0.1), math.exp(0.1)]
+    q = [v / sum(e) for v in e]
+    p = softmax([1.0, 0.0, -1.0])
+    kl = sum(qi * (math.log(qi) - math.log(pi)) for pi, qi in zip(p, q))
+    got = tf_kd_loss(torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64), torch.tensor([0]), 0.9, 0.5)
+    assert got.item() == pytest.approx(kl / 3, rel=1e-9)  # mean over the batch x class elements

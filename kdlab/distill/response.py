@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.distill.base import StepOutputs, Term
-from kdlab.losses import dist_loss, dkd_loss, kd_loss, mse_logits_loss
+from kdlab.losses import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
 
 
 class CrossEntropy(Term):
@@ -75,3 +75,19 @@ class DIST(Term):
 
     def loss(self, out: StepOutputs) -> Tensor:
         return dist_loss(out.student_logits, out.teacher_logits, self.beta, self.gamma, self.temperature)
+
+
+class TfKD(Term):
+    """Yuan et al. (2020), Tf-KD_reg: a virtual teacher made from the label, no model needed."""
+
+    needs_teacher = False
+
+    def __init__(self, weight: float = 100.0, correct_prob: float = 0.99, temperature: float = 20.0):
+        super().__init__(weight)
+        if not 0.0 < correct_prob < 1.0:
+            raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
+        self.correct_prob = correct_prob
+        self.temperature = _check_temperature(temperature)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        return tf_kd_loss(out.student_logits, out.target, self.correct_prob, self.temperature)

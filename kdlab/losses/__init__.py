@@ -6,10 +6,10 @@ maps), ``relation`` (relations between samples).
 
 from kdlab.losses.feature import at_loss, attention_map, hint_loss
 from kdlab.losses.relation import crd_loss, pkt_loss, rkd_loss, sp_loss
-from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss
+from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
 
 __all__ = [
-    "kd_loss", "mse_logits_loss", "dkd_loss", "dist_loss",
+    "kd_loss", "mse_logits_loss", "dkd_loss", "dist_loss", "tf_kd_loss",
     "hint_loss", "at_loss", "attention_map",
     "rkd_loss", "sp_loss", "pkt_loss", "crd_loss",
 ]  # fmt: skip

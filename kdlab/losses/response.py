@@ -82,3 +82,19 @@ def dist_loss(
     inter = 1 - _pearson_rows(ps, pt).mean()
     intra = 1 - _pearson_rows(ps.t(), pt.t()).mean()  # (c, b): one row per class
     return temperature**2 * (beta * inter + gamma * intra)
+
+
+def tf_kd_loss(student_logits: Tensor, target: Tensor, correct_prob: float, temperature: float) -> Tensor:
+    """Revisiting Knowledge Distillation via Label Smoothing Regularization (Tf-KD_reg;
+    Yuan, Tay, Li, Wang & Feng, CVPR 2020).
+
+    A teacher-free, virtual teacher: ``correct_prob`` on the label, the rest spread evenly,
+    softened as the reference code does (softmax of those probabilities divided by T); the
+    KL to the student's distribution, averaged over all batch x class elements (the
+    reference's ``nn.KLDivLoss()`` default), so its weight carries the reference's multiplier.
+    """
+    c = student_logits.shape[-1]
+    virtual = torch.full_like(student_logits, (1 - correct_prob) / (c - 1))  # (b, c)
+    virtual.scatter_(1, target[:, None], correct_prob)
+    q = F.softmax(virtual / temperature, -1)
+    return F.kl_div(F.log_softmax(student_logits, -1), q, reduction="sum") / student_logits.numel()

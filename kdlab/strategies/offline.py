@@ -14,26 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlab.distill import StepOutputs, Term
 from kdlab.errors import KdlabError
 from kdlab.models import FeatureTaps
-
-
-class RunningMeans:
-    """Batch-size-weighted sums of detached scalars, read once per epoch. Per step this costs a
-    few tensor adds, where ``self.log`` costs milliseconds (Lightning moves its result
-    collection on every call), which would dominate the step time of small models."""
-
-    def __init__(self):
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-
-    def add(self, values: Mapping[str, Tensor], n: int) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach() * n
-        self.count += n
-
-    def pop(self) -> dict[str, Tensor]:
-        means = {k: s / max(self.count, 1) for k, s in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
+from kdlab.strategies.base import RunningMeans, check_finite, optimization, probe
 
 
 class OfflineDistillation(pl.LightningModule):
@@ -45,7 +26,7 @@ class OfflineDistillation(pl.LightningModule):
     embeddings) are optimised with the student and saved in its checkpoints.
 
     Logged once per epoch: ``train/loss`` and every weighted term as ``train/loss_<name>``,
-    ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``.
+    ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best`` (each after ``log_prefix``).
     """
 
     name = "offline"
@@ -59,6 +40,7 @@ class OfflineDistillation(pl.LightningModule):
         input_shape: Sequence[int],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         teacher: nn.Module | None = None,
+        log_prefix: str = "",
     ):
         super().__init__()
         if not terms:
@@ -87,20 +69,12 @@ class OfflineDistillation(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.train_means, self.val_means = RunningMeans(), RunningMeans()
+        self.log_prefix = log_prefix  # e.g. "gen1/" for a Born-Again generation: gen1/val/acc
 
-    @torch.no_grad()
     def _probe_and_build(self, input_shape: Sequence[int]) -> None:
         """One forward pass on a dummy batch gives the tapped shapes the terms build from."""
-        was_training = self.student.training
-        self.student.eval()
-        x = torch.zeros(2, *input_shape)
-        self.student(x)
-        s_feats = self.student_taps.pop()
-        t_feats = {}
-        if self.teacher is not None:
-            self.teacher(x)
-            t_feats = self.teacher_taps.pop()
-        self.student.train(was_training)
+        _, s_feats = probe(self.student, self.student_taps, input_shape)
+        t_feats = probe(self.teacher, self.teacher_taps, input_shape)[1] if self.teacher is not None else {}
         for term in self.terms.values():
             term.build(s_feats, t_feats)
 
@@ -138,19 +112,15 @@ class OfflineDistillation(pl.LightningModule):
         out = self.step_outputs(x, y, rest[0] if rest else None)
         losses = {f"loss_{name}": term(out) for name, term in self.terms.items()}
         loss = torch.stack(list(losses.values())).sum()
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise KdlabError(
-                f"non-finite loss at epoch {self.current_epoch}, step {self.global_step} ({parts}); "
-                "lower the learning rate or the loss weights. Checkpoints saved so far are kept"
-            )
+        check_finite(loss, losses, self.current_epoch, self.global_step)
         self.train_means.add({"loss": loss, **losses}, len(y))
         self.train_acc.update(out.student_logits.detach(), y)
         return {"loss": loss, **{k: v.detach() for k, v in losses.items()}}
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({f"train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
-        self.log("train/acc", self.train_acc.compute(), sync_dist=True)  # same on every rank
+        p = self.log_prefix
+        self.log_dict({f"{p}train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
+        self.log(f"{p}train/acc", self.train_acc.compute(), sync_dist=True)  # same on every rank
         self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -163,18 +133,16 @@ class OfflineDistillation(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()
         self.val_acc.reset()
-        self.log_dict({f"val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
-        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        p = self.log_prefix
+        self.log_dict({f"{p}val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
+        self.log(f"{p}val/acc", acc, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
-            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+            self.log(f"{p}val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]  # student + learnable term parts
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
+        # the student and the terms' learnable parts; the frozen teacher has none to give
+        optimizer, scheduler = optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)
+        if scheduler is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
