@@ -70,13 +70,12 @@ def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, teacher:
                 terms: dict | None = None, log_prefix: str = "", strategy: Callable | None = None) -> OfflineDistillation:  # fmt: skip
     """The student, the teacher its terms need (``cfg.teacher`` unless given), the offline module
     (``cfg.strategy`` unless given); fit."""
-    spec = cfg.student
     terms = instantiate(cfg.distill.terms) if terms is None else terms
-    student = build_student(spec, data)
+    student = build_student(cfg.student, data)
     if teacher is None and any(t.needs_teacher for t in terms.values()):
         with isolate_rng():  # the same run whether the teacher is trained now or read from the cache
             teacher = get_teacher(cfg, data)
-    optimizer, scheduler = factories(spec)
+    optimizer, scheduler = factories(cfg.student)
     module = (strategy or instantiate(cfg.strategy))(
         student=student, teacher=teacher, terms=terms, optimizer=optimizer, scheduler=scheduler,
         num_classes=data.num_classes, input_shape=data.input_shape, log_prefix=log_prefix,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from kdlab.distill import Term
 from kdlab.errors import KdlabError
 from kdlab.models import FeatureTaps
 
@@ -63,3 +64,18 @@ def optimization(
     """An optimizer over the trainable ``params`` and its (epoch-stepped) scheduler."""
     opt = optimizer([p for p in params if p.requires_grad])
     return opt, (scheduler(opt) if scheduler is not None else None)
+
+
+def lightning_optimization(params: Iterable[nn.Parameter], optimizer: Callable, scheduler: Callable | None):
+    """``configure_optimizers``' answer for one optimizer stepped by Lightning (scheduler per epoch)."""
+    opt, sch = optimization(params, optimizer, scheduler)
+    return opt if sch is None else {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+
+
+def prepare_terms(trainer, terms: Iterable[Term]) -> None:
+    """Give terms the training labels (memory banks, negative sampling) once the data exists."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and hasattr(datamodule, "train_targets"):
+        targets = datamodule.train_targets()
+        for term in terms:
+            term.prepare(targets)

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlab.distill import StepOutputs, Term
 from kdlab.errors import KdlabError
 from kdlab.models import FeatureTaps
-from kdlab.strategies.base import RunningMeans, check_finite, optimization, probe
+from kdlab.strategies.base import RunningMeans, check_finite, lightning_optimization, prepare_terms, probe
 
 
 class OfflineDistillation(pl.LightningModule):
@@ -79,12 +79,8 @@ class OfflineDistillation(pl.LightningModule):
             term.build(s_feats, t_feats)
 
     def setup(self, stage: str) -> None:
-        """Give the terms the training labels (memory banks, negative sampling) once data exists."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_targets"):
-            targets = datamodule.train_targets()
-            for term in self.terms.values():
-                term.prepare(targets)
+        if stage == "fit":
+            prepare_terms(self.trainer, self.terms.values())
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -142,7 +138,4 @@ class OfflineDistillation(pl.LightningModule):
 
     def configure_optimizers(self):
         # the student and the terms' learnable parts; the frozen teacher has none to give
-        optimizer, scheduler = optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return lightning_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)

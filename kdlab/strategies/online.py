@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlab.distill import FeatureTerm, StepOutputs, Term
 from kdlab.errors import KdlabError
 from kdlab.models import FeatureTaps
-from kdlab.strategies.base import RunningMeans, check_finite, optimization, probe
+from kdlab.strategies.base import RunningMeans, check_finite, optimization, prepare_terms, probe
 
 MODES = ("mutual", "ensemble")
 ENSEMBLE = "ensemble"
@@ -96,13 +96,11 @@ class OnlineDistillation(pl.LightningModule):
         return [ENSEMBLE] if self.mode == ENSEMBLE else [str(j) for j in range(len(self.peers)) if j != i]
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_targets"):
-            targets = datamodule.train_targets()
-            for objective in self.objectives:
-                for terms in objective.values():
-                    for term in terms.values():
-                        term.prepare(targets)
+        if stage == "fit":
+            prepare_terms(
+                self.trainer,
+                (t for objective in self.objectives for ts in objective.values() for t in ts.values()),
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.peers[self.deployed_index()](x)

@@ -16,7 +16,7 @@ from kdlab.distill import FeatureTerm, StepOutputs, Term
 from kdlab.errors import KdlabError
 from kdlab.losses import hint_loss
 from kdlab.models import PRE_LOGITS, FeatureTaps, feature_stages
-from kdlab.strategies.base import RunningMeans, check_finite, optimization, probe
+from kdlab.strategies.base import RunningMeans, check_finite, lightning_optimization, probe
 
 
 class AuxHead(nn.Module):
@@ -153,7 +153,4 @@ class SelfDistillation(pl.LightningModule):
             self.val_acc_best(accs[-1])
 
     def configure_optimizers(self):
-        optimizer, scheduler = optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return lightning_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)
