@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdlab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint clean
+.PHONY: help install demo test test-slow lint sweep dashboard clean
+PORT ?= 8080
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +27,13 @@ test: install  ## the test suite (fast, CPU-only, no downloads, no W&B account)
 
 test-slow: install  ## the slow tests too
 	$(BIN)/python -m pytest -q
+
+sweep: install  ## the default Optuna sweep (KD temperature and weight on MNIST-1D), a few minutes
+	$(BIN)/kdlab-sweep sweeps=kd_temperature_alpha
+
+dashboard: install  ## optuna-dashboard on the local study database at http://127.0.0.1:8080 (PORT=...)
+	@mkdir -p outputs/sweeps
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) sqlite:///$(CURDIR)/outputs/sweeps/optuna.db
 
 lint: install  ## ruff
 	$(BIN)/ruff check kdlab tests

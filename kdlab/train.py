@@ -66,7 +66,7 @@ def factories(spec: DictConfig) -> tuple[Callable, Callable | None]:
     return instantiate(spec.optimizer), (instantiate(spec.scheduler) if spec.scheduler else None)
 
 
-def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, teacher: nn.Module | None = None,
+def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list, teacher: nn.Module | None = None,
                 terms: dict | None = None, log_prefix: str = "", strategy: Callable | None = None) -> OfflineDistillation:  # fmt: skip
     """The student, the teacher its terms need (``cfg.teacher`` unless given), the offline module
     (``cfg.strategy`` unless given); fit."""
@@ -81,19 +81,19 @@ def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, teacher:
         num_classes=data.num_classes, input_shape=data.input_shape, log_prefix=log_prefix,
     )  # fmt: skip
     trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True,
-                            monitor=f"{log_prefix}val/acc")  # fmt: skip
+                            monitor=f"{log_prefix}val/acc", callbacks=callbacks)  # fmt: skip
     trainer.fit(module, datamodule=data)
     return module.cpu()
 
 
-def offline(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
-    module = fit_offline(cfg, data, output_dir, loggers)
+def offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
+    module = fit_offline(cfg, data, output_dir, loggers, callbacks)
     return Fitted(
         module.student, module.teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero
     )
 
 
-def online(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+def online(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     """Peers from ``strategy.peers`` (a count of ``student`` copies, or per-peer overrides of it)."""
     spec = cfg.strategy.peers
     overrides = [{}] * spec if isinstance(spec, int) else OmegaConf.to_container(spec, resolve=True)
@@ -105,7 +105,9 @@ def online(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
         peers=peers, terms=instantiate(cfg.distill.terms), optimizers=list(optimizers), schedulers=list(schedulers),
         num_classes=data.num_classes, input_shape=data.input_shape,
     )  # fmt: skip
-    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True)
+    trainer = build_trainer(
+        cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks
+    )
     trainer.fit(module, datamodule=data)
     module.cpu()
     best, deployed = module.best_val_accs(), module.deployed_index()
@@ -119,14 +121,16 @@ def online(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
                   student_arch=peer_specs[deployed].arch)  # fmt: skip
 
 
-def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     """BYOT: auxiliary heads on the student's stages, taught by its deepest classifier."""
     optimizer, scheduler = factories(cfg.student)
     module = instantiate(cfg.strategy)(
         student=build_student(cfg.student, data), terms=instantiate(cfg.distill.terms), optimizer=optimizer,
         scheduler=scheduler, num_classes=data.num_classes, input_shape=data.input_shape,
     )  # fmt: skip
-    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True)
+    trainer = build_trainer(
+        cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks
+    )
     trainer.fit(module, datamodule=data)
     module.cpu()
 
@@ -139,7 +143,7 @@ def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitt
     return Fitted(module.student, None, module.val_acc_best.compute().item(), trainer.is_global_zero, extras)
 
 
-def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted:
+def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     """Generations of the student, each (but the first) distilled from the previous one."""
     plan = instantiate(cfg.strategy)
     generations: list[OfflineDistillation] = []
@@ -147,7 +151,7 @@ def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fitted
         teacher = generations[-1].student.requires_grad_(False) if generations else None
         terms = instantiate(cfg.distill.terms) if teacher is not None else {"ce": CrossEntropy()}
         log.info(f"born-again: generation {g} of {plan.generations}" + (" (labels only)" if g == 0 else ""))
-        generations.append(fit_offline(cfg, data, output_dir / f"gen{g}", loggers, teacher=teacher, terms=terms,
+        generations.append(fit_offline(cfg, data, output_dir / f"gen{g}", loggers, callbacks, teacher=teacher, terms=terms,
                                        log_prefix=f"gen{g}/", strategy=OfflineDistillation))  # fmt: skip
     last = generations[-1]
     students = [m.student for m in generations]
@@ -173,11 +177,14 @@ STRATEGIES: dict[type, Callable[..., Fitted]] = {
 }
 
 
-def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = ()) -> dict:
-    """The whole kdlab-train job; returns the results.json dict (tests call this with a composed cfg)."""
+def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = (), callbacks: list | tuple = (),
+        tags: list[str] | tuple = (), summary: bool = True) -> dict:  # fmt: skip
+    """The whole kdlab-train job; returns the results.json dict (tests and sweeps call this with a
+    composed cfg; ``callbacks`` join the student's trainer, ``tags`` the W&B run's)."""
     start = time.perf_counter()
     quiet_third_party()
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     cfg.paths.output_dir = str(output_dir)
     if cfg.task not in TASKS:
         raise KdlabError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
@@ -186,18 +193,18 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
     data = instantiate(cfg.data)
     strategy_cls = get_class(cfg.strategy._target_)
     method = cfg.distill.name if cfg.task == "distill" else None
-    tags = [f"task:{cfg.task}", f"data:{data.name}"]
+    run_tags = [f"task:{cfg.task}", f"data:{data.name}"]
     if cfg.task == "teacher" or strategy_cls is OfflineDistillation:
-        tags.append(f"teacher:{cfg.teacher.arch}")
+        run_tags.append(f"teacher:{cfg.teacher.arch}")
     if cfg.task == "distill":
-        tags += [f"strategy:{strategy_cls.name}", f"method:{method}", f"student:{cfg.student.arch}"]
-    loggers = build_loggers(cfg, tags)
-    ok, results = False, {}
+        run_tags += [f"strategy:{strategy_cls.name}", f"method:{method}", f"student:{cfg.student.arch}"]
+    loggers = build_loggers(cfg, [*run_tags, *tags])
+    status, results = "failed", {}
     try:
         if cfg.task == "teacher":
             fitted = train_teacher(cfg, data, output_dir, loggers)
         else:
-            fitted = STRATEGIES[strategy_cls](cfg, data, output_dir, loggers)
+            fitted = STRATEGIES[strategy_cls](cfg, data, output_dir, loggers, list(callbacks))
         if fitted.is_global_zero:  # under DDP, rank 0 evaluates and writes
             student_arch = fitted.student_arch or cfg.student.arch
             teacher_arch = fitted.teacher_arch or getattr(fitted.teacher, "kdlab_arch", cfg.teacher.arch)
@@ -217,10 +224,14 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
             results.update(fitted.extras(data))
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
-        ok = True
+        status = "finished"
+    except BaseException as e:
+        if type(e).__name__ == "TrialPruned":  # a sweep's pruner stopped it: not a failure
+            status = "pruned"
+        raise
     finally:
-        finish_wandb(ok)
-    if results:
+        finish_wandb(status)
+    if results and summary:
         print_summary(results, output_dir / RESULTS_FILE)
     return results
 
@@ -259,11 +270,16 @@ def wandb_info() -> dict | None:
     return {"mode": wandb.run.settings.mode, "run_dir": str(Path(wandb.run.dir).parent), "id": wandb.run.id}
 
 
-def finish_wandb(ok: bool) -> None:
-    """Close the W&B run even when the job failed, so the next run (or sweep trial) gets its own."""
+def finish_wandb(status: str) -> None:
+    """Close the W&B run even when the job failed, so the next run (or sweep trial) gets its own.
+    ``status``: finished, pruned (tagged, summary ``state``) or failed (exit code 1)."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=0 if ok else 1)
+    if wandb is None or wandb.run is None:
+        return
+    wandb.run.summary["state"] = status
+    if status == "pruned":
+        wandb.run.tags = (*wandb.run.tags, "pruned")
+    wandb.finish(exit_code=1 if status == "failed" else 0)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")

@@ -44,10 +44,12 @@ def build_trainer(
     max_epochs: int,
     checkpoints: bool,
     monitor: str = "val/acc",
+    callbacks: list | tuple = (),
     **overrides,
 ) -> pl.Trainer:
-    """``cfg.trainer`` plus kdlab's callbacks: last + best (``monitor``) checkpoints, rich progress bar."""
-    callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []]
+    """``cfg.trainer`` plus kdlab's callbacks (last + best ``monitor`` checkpoints, rich progress
+    bar) and the caller's ``callbacks`` (a sweep's pruning callback)."""
+    callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []] + list(callbacks)
     if checkpoints:
         callbacks.append(
             ModelCheckpoint(

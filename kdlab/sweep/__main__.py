@@ -1,0 +1,3 @@
+from kdlab.sweep.run import cli
+
+cli()

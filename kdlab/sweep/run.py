@@ -1,0 +1,274 @@
+"""kdlab-sweep: an Optuna study over composed training configs.
+
+    kdlab-sweep sweeps=kd_temperature_alpha                    # the file sweeps/kd_temperature_alpha.yaml
+    kdlab-sweep sweeps=kd_temperature_alpha sweep.n_trials=8   # any sweep.* or training override
+    kdlab-sweep sweeps=kd_temperature_alpha --n-jobs 2         # two worker processes, one study
+    kdlab-sweep sweeps=... sweep.storage=postgresql://user@host/db sweep.worker=3   # one worker of many machines
+
+The study is created (or loaded: re-running resumes it) before any worker starts. Each
+trial composes ``train.yaml`` + the command's overrides + its sampled values, runs the
+ordinary ``kdlab-train`` job in ``<sweep_dir>/<study>/trial_<n>/``, reports the monitored
+metric every epoch (pruners stop bad trials) and returns its best value. At the end the
+best trial is printed as a ready-to-run ``kdlab-train`` command and written to the study's
+folder (``best.json``, ``best_command.txt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import optuna
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+from rich.console import Console
+from rich.table import Table
+
+from kdlab import CONFIG_DIR
+from kdlab.errors import KdlabError
+from kdlab.sweep.space import Param, parse_space
+from kdlab.train import run as train_run
+from kdlab.trainer import quiet_third_party
+
+log = logging.getLogger("kdlab.sweep")
+USAGE = "usage: kdlab-sweep sweeps=<name> [--n-jobs N] [overrides ...]"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class MetricHistory(pl.Callback):
+    """Every epoch's value of the monitored metric, so a trial returns its best one."""
+
+    def __init__(self, monitor: str):
+        self.monitor, self.values = monitor, []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking:
+            self.values.append(float(value))
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides)
+    except HydraException as e:
+        raise KdlabError(str(e).strip().splitlines()[0]) from e
+
+
+def storage_url(cfg: DictConfig) -> str:
+    if cfg.sweep.storage:
+        return str(cfg.sweep.storage)
+    root = Path(cfg.paths.sweep_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'optuna.db'}"
+
+
+def make_storage(url: str, retries: int) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a killed worker's trial turns FAIL after the grace period
+    (and is retried up to ``retries`` times) instead of staying RUNNING forever."""
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None,
+        )  # fmt: skip
+    except Exception as e:
+        raise KdlabError(
+            f"cannot open sweep storage {url} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+
+
+def make_study(cfg: DictConfig, storage, worker: int | None) -> optuna.Study:
+    """Create the study once or load it; this worker's sampler gets its own seed."""
+    s = cfg.sweep
+    sampler_cfg = OmegaConf.to_container(s.sampler, resolve=True)
+    if worker is None:  # not told: still differ from other workers started at the same moment
+        worker = os.getpid() % 10_000
+    if sampler_cfg.get("seed") is not None:
+        sampler_cfg["seed"] = int(sampler_cfg["seed"]) + worker
+    sampler = instantiate(sampler_cfg)
+    pruner = instantiate(s.pruner) if s.pruner else optuna.pruners.NopPruner()
+    try:
+        optuna.create_study(
+            storage=storage, study_name=s.study_name, direction=s.direction, load_if_exists=True
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        pass  # another worker created it between our check and our insert
+    study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    if study.direction.name.lower() != s.direction:
+        raise KdlabError(
+            f"study {s.study_name} exists with direction {study.direction.name.lower()}, not {s.direction}"
+        )
+    return study
+
+
+def objective(
+    cfg: DictConfig, space: list[Param], base_overrides: list[str], study_dir: Path, worker: int | None
+):
+    s = cfg.sweep
+    uses_wandb = "wandb" in (cfg.logger or {})
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {p.key: p.suggest(trial) for p in space}
+        trial_overrides = [p.override(values[p.key]) for p in space]
+        extra = [f"logger.wandb.group={s.study_name}"] if uses_wandb else []
+        trial_cfg = compose_train([*base_overrides, *trial_overrides, *extra])
+        out_dir = study_dir / f"trial_{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(out_dir))
+        trial.set_user_attr("overrides", trial_overrides)
+        trial.set_user_attr("worker", worker)
+        history = MetricHistory(s.metric)
+        try:
+            results = train_run(
+                trial_cfg, out_dir, [*base_overrides, *trial_overrides],
+                callbacks=[PyTorchLightningPruningCallback(trial, monitor=s.metric), history],
+                tags=[f"study:{s.study_name}", f"trial:{trial.number}"], summary=False,
+            )  # fmt: skip
+        except optuna.TrialPruned:
+            print(f"trial {trial.number}: pruned after {len(history.values)} epoch(s): {' '.join(trial_overrides)}",
+                  file=sys.stderr)  # fmt: skip
+            raise
+        if not history.values:
+            raise KdlabError(
+                f"sweep.metric={s.metric} was never logged; monitor a logged metric such as val/acc"
+            )
+        value = max(history.values) if s.direction == "maximize" else min(history.values)
+        test_acc = results["student"]["test_acc"] if results.get("student") else None
+        trial.set_user_attr("test_acc", test_acc)
+        print(f"trial {trial.number}: {s.metric} {value:.4f}, test acc {test_acc}: {' '.join(trial_overrides)}",
+              file=sys.stderr)  # fmt: skip
+        return value
+
+    return run_trial
+
+
+def best_command(cfg: DictConfig, base_overrides: list[str], study: optuna.Study) -> str:
+    keep = [o for o in base_overrides if not o.lstrip("+~").startswith(("sweep.", "hydra."))]
+    return " ".join(["kdlab-train", *keep, *study.best_trial.user_attrs.get("overrides", [])])
+
+
+def summarize(
+    cfg: DictConfig, study: optuna.Study, base_overrides: list[str], study_dir: Path, wall_s: float
+) -> None:
+    s = cfg.sweep
+    counts = {state.name.lower(): sum(t.state == state for t in study.trials) for state in FINISHED}
+    console = Console(soft_wrap=True)
+    table = Table(title=f"study {s.study_name}: {len(study.trials)} trials, {counts}", title_justify="left")
+    for col in (
+        "trial",
+        "state",
+        s.metric,
+        *[".".join(str(k).split(".")[-2:]) for k in s.params],
+        "test acc",
+    ):
+        table.add_column(col)
+    for t in sorted(
+        study.trials, key=lambda t: -(t.value or -1e9) if s.direction == "maximize" else (t.value or 1e9)
+    )[:10]:
+        table.add_row(str(t.number), t.state.name.lower(), "-" if t.value is None else f"{t.value:.4f}",
+                      *[f"{t.params.get(k, '-'):.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))
+                        for k in s.params],
+                      "-" if t.user_attrs.get("test_acc") is None else f"{t.user_attrs['test_acc']:.4f}")  # fmt: skip
+    console.print(table)
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not completed:
+        console.print(f"no trial completed ({counts}); see the trials' logs under {study_dir}")
+        return
+    best = study.best_trial
+    command = best_command(cfg, base_overrides, study)
+    record = {"study": s.study_name, "metric": s.metric, "direction": s.direction, "best_value": best.value,
+              "best_trial": best.number, "best_params": best.params, "command": command,
+              "run_dir": best.user_attrs.get("run_dir"), "trials": counts, "wall_s": round(wall_s, 1)}  # fmt: skip
+    (study_dir / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+    (study_dir / "best_command.txt").write_text(command + "\n")
+    console.print(f"best trial {best.number}: {s.metric} {best.value:.4f} with {best.params}")
+    console.print(f"run it: {command}")
+    console.print(f"written: {study_dir / 'best.json'}; dashboard: make dashboard")
+
+
+def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
+    flags, overrides, it = {"n_jobs": None, "worker": None, "target": None}, [], iter(argv)
+    for arg in it:
+        name = arg.split("=", 1)[0]
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        if name in ("--n-jobs", "--worker", "--target"):
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+            if value is None or not value.isdigit():
+                raise KdlabError(f"{name} takes a number; {USAGE}")
+            flags[name[2:].replace("-", "_")] = int(value)
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def sweep(argv: list[str]) -> optuna.Study:
+    flags, overrides = parse_argv(argv)
+    quiet_third_party()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    cfg = compose_train(overrides)
+    if "sweep" not in cfg:
+        sweeps = sorted(p.stem for p in (CONFIG_DIR / "sweeps").glob("*.yaml"))
+        raise KdlabError(f"no sweep given; {USAGE}; sweeps: {', '.join(sweeps)}")
+    s = cfg.sweep
+    if s.direction not in ("maximize", "minimize"):
+        raise KdlabError(f"sweep.direction={s.direction}: use maximize or minimize")
+    space = parse_space(s.params, cfg)
+    study_dir = Path(cfg.paths.sweep_dir) / s.study_name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(cfg)
+    storage = make_storage(url, int(s.retries))
+    n_jobs = flags["n_jobs"] or int(s.n_jobs)
+    spawning = n_jobs > 1 and flags["worker"] is None  # this process is the first of n_jobs workers
+    worker = flags["worker"] if flags["worker"] is not None else s.get("worker")
+    if spawning and worker is not None:
+        worker = int(worker) * n_jobs  # machine k's workers: k*n_jobs ... k*n_jobs + n_jobs - 1
+    study = make_study(cfg, storage, worker)
+    start, children, target = time.perf_counter(), [], flags["target"]
+    if spawning:  # the n_jobs workers share this command's n_trials through the study's count
+        target = len([t for t in study.trials if t.state in FINISHED]) + int(s.n_trials)
+        first = worker or 0
+        children = [subprocess.Popen([sys.executable, "-m", "kdlab.sweep", *overrides, f"--worker={first + i}",
+                                      f"--target={target}"]) for i in range(1, n_jobs)]  # fmt: skip
+    print(
+        f"study {s.study_name} ({len(study.trials)} trials so far) in {url}; {n_jobs} worker(s)",
+        file=sys.stderr,
+    )
+    callbacks = [optuna.study.MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
+    study.optimize(
+        objective(cfg, space, overrides, study_dir, worker), n_trials=None if target is not None else int(s.n_trials),
+        timeout=s.timeout, catch=(Exception,), callbacks=callbacks, gc_after_trial=True,
+    )  # fmt: skip
+    failed = [child.wait() for child in children]
+    if any(failed):
+        log.warning(f"{sum(1 for rc in failed if rc)} worker process(es) exited with an error")
+    if flags["worker"] is None:
+        summarize(cfg, optuna.load_study(study_name=s.study_name, storage=storage), overrides, study_dir,
+                  time.perf_counter() - start)  # fmt: skip
+    return study
+
+
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    try:
+        sweep(sys.argv[1:])
+    except KdlabError as e:
+        print(f"kdlab-sweep: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()
