@@ -34,6 +34,7 @@ from kdlab.distill import CrossEntropy
 from kdlab.errors import KdlabError
 from kdlab.models import count_params, create_model
 from kdlab.models.ensemble import TeacherEnsemble
+from kdlab.models.export import export_student
 from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
 from kdlab.report.results import model_report
 from kdlab.strategies import BornAgain, OfflineDistillation, OnlineDistillation, SelfDistillation
@@ -55,6 +56,7 @@ class Fitted:
     extras: Callable[[Any], dict] = field(default=lambda data: {})  # data -> extra results.json keys
     student_arch: str | None = None  # default: cfg.student.arch
     teacher_arch: str | None = None  # default: cfg.teacher.arch (or the ensemble's description)
+    student_kwargs: dict | None = None  # default: cfg.student.kwargs
 
 
 def build_student(spec: DictConfig, data) -> nn.Module:
@@ -118,7 +120,8 @@ def online(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: li
         return {"peers": reports, "deployed_peer": deployed, "mode": module.mode}
 
     return Fitted(module.peers[deployed], None, best[deployed], trainer.is_global_zero, extras,
-                  student_arch=peer_specs[deployed].arch)  # fmt: skip
+                  student_arch=peer_specs[deployed].arch,
+                  student_kwargs=OmegaConf.to_container(peer_specs[deployed].kwargs))  # fmt: skip
 
 
 def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
@@ -222,6 +225,12 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
             results.update(fitted.extras(data))
+            if fitted.student is not None:  # the deployable student, alone
+                kwargs = fitted.student_kwargs or OmegaConf.to_container(cfg.student.kwargs, resolve=True)
+                results["export"] = export_student(
+                    fitted.student, student_arch, kwargs, data.num_classes, data.input_shape, output_dir,
+                    OmegaConf.to_container(cfg.data, resolve=True), onnx=cfg.export_onnx,
+                )  # fmt: skip
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
         status = "finished"
@@ -252,12 +261,15 @@ def log_final_metrics(loggers: list, results: dict) -> None:
     for role in ("teacher", "student"):
         if results[role]:
             metrics[f"test/{role}_acc"] = results[role]["test_acc"]
+            metrics[f"params/{role}"] = results[role]["params"]
     trained = results["student"] or results["teacher"]
     metrics["test/acc"] = trained["test_acc"]
     for section in ("fidelity", "calibration", "efficiency"):
         for k, v in (results[section] or {}).items():
             if v is not None:
                 metrics[f"{section}/{k}"] = v
+    if results["bias"] and results["bias"]["worst_classes"]:
+        metrics["bias/worst_gap"] = results["bias"]["worst_classes"][0]["gap"]
     for lg in loggers:
         lg.log_metrics(metrics)
         lg.save()

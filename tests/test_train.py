@@ -24,35 +24,37 @@ def check_fraction(x):
 def test_distill_run_writes_every_results_key(train):
     r = train(["distill=kd"])
     on_disk = json.loads((r["_dir"] / "results.json").read_text())
-    assert list(on_disk) == list(REQUIRED_KEYS)
-    assert (on_disk["task"], on_disk["strategy"], on_disk["method"], on_disk["data"], on_disk["seed"]) == (
-        "distill",
-        "offline",
-        "kd",
-        "mnist1d",
-        0,
-    )
+    assert list(on_disk)[: len(REQUIRED_KEYS)] == list(REQUIRED_KEYS) and "export" in on_disk
+    head = (on_disk["task"], on_disk["strategy"], on_disk["method"], on_disk["data"], on_disk["seed"])
+    assert head == ("distill", "offline", "kd", "mnist1d", 0)
     t, s = on_disk["teacher"], on_disk["student"]
     assert (t["arch"], t["params"], s["arch"], s["params"]) == ("cnn1d", 5210, "mlp", 15210)
-    for x in (
-        t["test_acc"],
-        s["test_acc"],
-        s["val_acc_best"],
-        on_disk["fidelity"]["agreement"],
-        on_disk["calibration"]["ece"],
-    ):
+    for x in (t["test_acc"], s["test_acc"], s["val_acc_best"], on_disk["fidelity"]["agreement"],
+              on_disk["calibration"]["ece"]):  # fmt: skip
         check_fraction(x)
     assert on_disk["fidelity"]["kl"] >= 0
+    assert on_disk["fidelity"]["retained"] == pytest.approx(s["test_acc"] / t["test_acc"], abs=1e-4)
     eff = on_disk["efficiency"]
     assert (
         eff["param_ratio"] == pytest.approx(15210 / 5210)
         and eff["latency_ms"] > 0
         and eff["teacher_latency_ms"] > 0
     )
-    assert on_disk["wall_s"] > 0 and on_disk["overrides"] == ["distill=kd"] and on_disk["wandb"] is None
-    assert (r["_dir"] / "checkpoints" / "last.ckpt").is_file() and list(
-        (r["_dir"] / "checkpoints").glob("best-*.ckpt")
+    assert eff["compression"] == pytest.approx(5210 / 15210, abs=1e-4)
+    assert eff["speedup"] == pytest.approx(eff["teacher_latency_ms"] / eff["latency_ms"], rel=1e-2)
+    assert eff["throughput"] == pytest.approx(256 / eff["latency_ms_b256"] * 1e3, rel=1e-2)
+    assert t["size_mb"] == pytest.approx(5210 * 4 / 1e6) and s["size_mb"] == pytest.approx(15210 * 4 / 1e6)
+    assert len(s["per_class_acc"]) == len(t["per_class_acc"]) == 10
+    gaps, worst = on_disk["bias"]["per_class_gap"], on_disk["bias"]["worst_classes"]
+    assert (
+        len(worst) == 3
+        and worst[0]["gap"] == max(gaps)
+        and worst[0]["gap"] >= worst[1]["gap"] >= worst[2]["gap"]
     )
+    assert on_disk["export"]["size_mb"] == pytest.approx(15210 * 4 / 1e6, rel=0.05)
+    assert on_disk["wall_s"] > 0 and on_disk["overrides"] == ["distill=kd"] and on_disk["wandb"] is None
+    checkpoints = r["_dir"] / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file() and list(checkpoints.glob("best-*.ckpt"))
 
 
 def test_baseline_run_has_no_teacher(train):
@@ -220,3 +222,24 @@ def test_cli_ddp_on_cpu(tmp_path, cache_dir):
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert r["student"]["test_acc"] > 0 and "GLOBAL_RANK: 1" in p.stdout + p.stderr
+
+
+def test_exported_student_reproduces_the_runs_test_accuracy(train):
+    from kdlab.data import MNIST1D
+    from kdlab.models.checkpoint import load_weights
+    from kdlab.report import accuracy, predict
+
+    r = train(["distill=fitnet", "export_onnx=true"])  # the student leaves its regressor and teacher behind
+    config = json.loads((r["_dir"] / "student.json").read_text())
+    student = load_weights(r["_dir"] / "student.safetensors", config["arch"], config["num_classes"],
+                           config["input_shape"])  # fmt: skip
+    assert sum(p.numel() for p in student.parameters()) == r["student"]["params"] == 15210
+    data = MNIST1D(**{k: v for k, v in config["data"].items() if k != "_target_"})
+    logits, target = predict(student, data)
+    assert accuracy(logits, target) == pytest.approx(r["student"]["test_acc"], abs=1e-6)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(r["export"]["onnx"])
+    onnx_logits = session.run(None, {"x": data.test_set.x.numpy()})[0]
+    assert (onnx_logits.argmax(-1) == data.test_set.y.numpy()).mean() == pytest.approx(
+        r["student"]["test_acc"], abs=1e-6
+    )

@@ -35,6 +35,26 @@ def accuracy(logits: Tensor, target: Tensor) -> float:
     return multiclass_accuracy(logits, target, num_classes=logits.shape[-1], average="micro").item()
 
 
+def per_class_accuracy(logits: Tensor, target: Tensor, num_classes: int | None = None) -> list[float | None]:
+    """Accuracy on the inputs of each class (None for a class with no input)."""
+    num_classes = num_classes or logits.shape[-1]
+    correct = (logits.argmax(-1) == target).double()
+    totals = torch.bincount(target, minlength=num_classes).double()
+    hits = torch.bincount(target, weights=correct, minlength=num_classes)
+    return [None if n == 0 else h / n for h, n in zip(hits.tolist(), totals.tolist())]
+
+
+def state_size_mb(model: nn.Module) -> float:
+    """Bytes of the model's parameters and buffers (shared tensors once), in MB: its
+    safetensors size up to the small header."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total / 1e6
+
+
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
     """Fraction of inputs where the student's top-1 class equals the teacher's."""
     return (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()

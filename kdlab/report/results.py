@@ -10,12 +10,21 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from kdlab.models import count_params
-from kdlab.report.metrics import accuracy, agreement, expected_calibration_error, latency_ms, mean_kl, predict
+from kdlab.report.metrics import (
+    accuracy,
+    agreement,
+    expected_calibration_error,
+    latency_ms,
+    mean_kl,
+    per_class_accuracy,
+    predict,
+    state_size_mb,
+)
 
 RESULTS_FILE = "results.json"
 #: Keys every results.json has (see DESIGN.md); more may follow them.
 REQUIRED_KEYS = (
-    "task", "strategy", "method", "data", "seed", "teacher", "student", "fidelity",
+    "task", "strategy", "method", "data", "seed", "teacher", "student", "fidelity", "bias",
     "calibration", "efficiency", "wall_s", "overrides", "wandb",
 )  # fmt: skip
 
@@ -26,15 +35,49 @@ def _r(x: float | None, digits: int = 6) -> float | None:
 
 
 def model_report(model: nn.Module, arch: str, datamodule) -> tuple[dict, Tensor]:
-    """({arch, params, test_acc, ece}, test logits (n, c)) of a model on the test set."""
+    """({arch, params, size_mb, test_acc, ece, per_class_acc}, test logits (n, c)) of a model on the test set."""
     logits, target = predict(model, datamodule)
     report = {
         "arch": arch,
         "params": count_params(model),
+        "size_mb": _r(state_size_mb(model), 6),
         "test_acc": _r(accuracy(logits, target)),
         "ece": _r(expected_calibration_error(logits, target)),
+        "per_class_acc": [_r(a, 4) for a in per_class_accuracy(logits, target, datamodule.num_classes)],
     }
     return report, logits
+
+
+def speed(model: nn.Module | None, input_shape) -> dict:
+    """CPU latency at batch 1 and 256 (median of repeats, ms) and throughput at 256 (inputs/s)."""
+    if model is None:
+        return {"b1": None, "b256": None, "throughput": None}
+    b1 = latency_ms(model, input_shape, batch_size=1)
+    b256 = latency_ms(model, input_shape, batch_size=256, repeats=10, warmup=2)
+    return {"b1": _r(b1, 4), "b256": _r(b256, 4), "throughput": round(256 / (b256 / 1e3), 1)}
+
+
+def bias_transfer(student: dict | None, teacher: dict | None, worst: int = 3) -> dict | None:
+    """Per-class accuracy gaps (teacher - student) and the classes where the student falls furthest behind."""
+    if not student or not teacher:
+        return None
+    gaps = [
+        None if s is None or t is None else _r(t - s, 4)
+        for s, t in zip(student["per_class_acc"], teacher["per_class_acc"])
+    ]
+    ranked = sorted((g, c) for c, g in enumerate(gaps) if g is not None)[::-1][:worst]
+    return {
+        "per_class_gap": gaps,
+        "worst_classes": [
+            {
+                "class": c,
+                "teacher": teacher["per_class_acc"][c],
+                "student": student["per_class_acc"][c],
+                "gap": g,
+            }
+            for g, c in ranked
+        ],  # fmt: skip
+    }
 
 
 def evaluate(
@@ -44,26 +87,38 @@ def evaluate(
     teacher_arch: str | None,
     datamodule,
 ) -> dict:
-    """The teacher/student/fidelity/calibration/efficiency sections of results.json
-    (a section or model that does not apply is None)."""
+    """The teacher/student/fidelity/bias/calibration/efficiency sections of results.json
+    (a section or model that does not apply is None). All on the test set; latency on CPU."""
     s, s_logits = model_report(student, student_arch, datamodule) if student is not None else (None, None)
     t, t_logits = model_report(teacher, teacher_arch, datamodule) if teacher is not None else (None, None)
     both = s is not None and t is not None
-    shape = datamodule.input_shape
+    s_speed, t_speed = speed(student, datamodule.input_shape), speed(teacher, datamodule.input_shape)
+    ratio = lambda a, b: _r(a / b, 4) if a is not None and b else None  # noqa: E731
     return {
         "teacher": t,
         "student": s,
         "fidelity": {
             "agreement": _r(agreement(s_logits, t_logits)),
             "kl": _r(mean_kl(t_logits, s_logits)),
+            "retained": ratio(s["test_acc"], t["test_acc"]),  # the fraction of the teacher's accuracy kept
         }
         if both
         else None,
+        "bias": bias_transfer(s, t),
         "calibration": {"ece": (s or t)["ece"], "teacher_ece": t["ece"] if t else None},
         "efficiency": {
             "param_ratio": _r(s["params"] / t["params"]) if both else None,
-            "latency_ms": _r(latency_ms(student, shape), 4) if student is not None else None,
-            "teacher_latency_ms": _r(latency_ms(teacher, shape), 4) if teacher is not None else None,
+            "latency_ms": s_speed["b1"],
+            "teacher_latency_ms": t_speed["b1"],
+            "latency_ms_b256": s_speed["b256"],
+            "teacher_latency_ms_b256": t_speed["b256"],
+            "throughput": s_speed["throughput"],
+            "teacher_throughput": t_speed["throughput"],
+            "compression": ratio(t["params"], s["params"])
+            if both
+            else None,  # teacher params / student params
+            "speedup": ratio(t_speed["b1"], s_speed["b1"]),  # teacher latency / student latency, batch 1
+            "speedup_b256": ratio(t_speed["b256"], s_speed["b256"]),
         },
     }
 
