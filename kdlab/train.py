@@ -12,6 +12,7 @@ results.json + summary. Configs: conf/train.yaml and its groups.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -35,7 +36,7 @@ from kdlab.errors import KdlabError
 from kdlab.models import count_params, create_model
 from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.models.export import export_student
-from kdlab.report import RESULTS_FILE, evaluate, print_summary, write_results
+from kdlab.report import RESULTS_FILE, accuracy, evaluate, predict, print_summary, write_results
 from kdlab.report.results import model_report
 from kdlab.strategies import BornAgain, OfflineDistillation, OnlineDistillation, SelfDistillation
 from kdlab.teacher import WEIGHTS_FILE, cache_teacher, fit_teacher, get_teacher
@@ -57,6 +58,21 @@ class Fitted:
     student_arch: str | None = None  # default: cfg.student.arch
     teacher_arch: str | None = None  # default: cfg.teacher.arch (or the ensemble's description)
     student_kwargs: dict | None = None  # default: cfg.student.kwargs
+    best_checkpoint: str | None = None  # the Lightning checkpoint with the best validation accuracy
+    checkpoint_prefix: str = "student."  # where the reported model sits in that checkpoint's state_dict
+
+
+def best_val_test_acc(model: nn.Module, fitted: Fitted, data) -> float | None:
+    """Test accuracy of the weights with the best validation accuracy: the "best epoch" protocol,
+    chosen on validation (the CRD/DKD tables take the best test epoch instead)."""
+    if not fitted.best_checkpoint or not Path(fitted.best_checkpoint).is_file():
+        return None
+    state = torch.load(fitted.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = fitted.checkpoint_prefix
+    best = copy.deepcopy(model)
+    best.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    logits, target = predict(best, data)
+    return round(accuracy(logits, target), 6)
 
 
 def build_student(spec: DictConfig, data) -> nn.Module:
@@ -90,9 +106,13 @@ def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callback
 
 def offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     module = fit_offline(cfg, data, output_dir, loggers, callbacks)
-    return Fitted(
-        module.student, module.teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero
-    )
+    return Fitted(module.student, module.teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero,
+                  best_checkpoint=best_path(module.trainer))  # fmt: skip
+
+
+def best_path(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    return callback.best_model_path or None if callback is not None else None
 
 
 def online(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
@@ -121,7 +141,8 @@ def online(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: li
 
     return Fitted(module.peers[deployed], None, best[deployed], trainer.is_global_zero, extras,
                   student_arch=peer_specs[deployed].arch,
-                  student_kwargs=OmegaConf.to_container(peer_specs[deployed].kwargs))  # fmt: skip
+                  student_kwargs=OmegaConf.to_container(peer_specs[deployed].kwargs),
+                  best_checkpoint=best_path(trainer), checkpoint_prefix=f"peers.{deployed}.")  # fmt: skip
 
 
 def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
@@ -143,7 +164,8 @@ def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list, callbac
                  for i, (path, m) in enumerate(module.exits())]  # fmt: skip
         return {"exits": exits}
 
-    return Fitted(module.student, None, module.val_acc_best.compute().item(), trainer.is_global_zero, extras)
+    return Fitted(module.student, None, module.val_acc_best.compute().item(), trainer.is_global_zero, extras,
+                  best_checkpoint=best_path(trainer))  # fmt: skip
 
 
 def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
@@ -169,7 +191,8 @@ def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks
         return out
 
     return Fitted(last.student, generations[-2].student, last.val_acc_best.compute().item(),
-                  last.trainer.is_global_zero, extras, teacher_arch=f"{cfg.student.arch} (generation {len(students) - 2})")  # fmt: skip
+                  last.trainer.is_global_zero, extras, teacher_arch=f"{cfg.student.arch} (generation {len(students) - 2})",
+                  best_checkpoint=best_path(last.trainer))  # fmt: skip
 
 
 STRATEGIES: dict[type, Callable[..., Fitted]] = {
@@ -221,9 +244,11 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
             }
             trained = results["student"] or results["teacher"]
             trained["val_acc_best"] = round(fitted.val_acc_best, 6)
+            trained["test_acc_best_val"] = best_val_test_acc(fitted.student or fitted.teacher, fitted, data)
             results["wall_s"] = round(time.perf_counter() - start, 2)
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
+            results["published"] = OmegaConf.to_container(cfg.published) if cfg.get("published") else None
             results.update(fitted.extras(data))
             if fitted.student is not None:  # the deployable student, alone
                 kwargs = fitted.student_kwargs or OmegaConf.to_container(cfg.student.kwargs, resolve=True)
@@ -253,7 +278,8 @@ def train_teacher(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fit
     if module.trainer.is_global_zero:
         metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
         cache_teacher(cfg, cfg.teacher, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
-    return Fitted(None, teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero)
+    return Fitted(None, teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero,
+                  best_checkpoint=best_path(module.trainer))  # fmt: skip
 
 
 def log_final_metrics(loggers: list, results: dict) -> None:

@@ -31,12 +31,13 @@ from kdlab.report.results import RESULTS_FILE
 
 DEFAULT_BY = "data,strategy,method,student.arch"
 COLUMNS = (
-    "student.test_acc", "teacher.test_acc", "fidelity.retained", "fidelity.agreement", "fidelity.kl",
+    "student.test_acc", "student.test_acc_best_val", "published.method_acc", "published.student_acc",
+    "teacher.test_acc", "published.teacher_acc", "fidelity.retained", "fidelity.agreement", "fidelity.kl",
     "calibration.ece", "student.params", "efficiency.compression", "efficiency.latency_ms", "efficiency.speedup",
 )  # fmt: skip
 #: The columns of the terminal table (comparison.csv and --format markdown have them all).
-SHORT = ("student.test_acc", "teacher.test_acc", "fidelity.agreement", "calibration.ece", "student.params",
-         "efficiency.latency_ms")  # fmt: skip
+SHORT = ("student.test_acc", "published.method_acc", "published.student_acc", "teacher.test_acc",
+         "fidelity.agreement", "calibration.ece", "student.params", "efficiency.latency_ms")  # fmt: skip
 PERCENT = ("acc", "agreement", "retained", "ece")
 
 
@@ -275,12 +276,13 @@ def compare(argv: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(rows, out / "comparison.csv")
     pngs = plot(groups, rows, by, args.metric, out)
+    filled = [c for c in columns if any(row[f"{c}_mean"] is not None for row in rows)]  # no all-empty columns
     if args.format == "markdown":
-        print(markdown(rows, by, columns))
+        print(markdown(rows, by, filled))
     else:
         table = Table(title=f"{len(records)} runs in {len(rows)} groups (mean ± std over seeds; accuracies in %)",
                       title_justify="left")  # fmt: skip
-        shown = [args.metric, *[c for c in SHORT if c != args.metric]]
+        shown = [c for c in [args.metric, *[c for c in SHORT if c != args.metric]] if c in filled]
         for col in [*by, "n", *shown]:
             table.add_column(
                 col.split(".", 1)[1] if col.startswith(("efficiency.", "fidelity.", "calibration.")) else col
