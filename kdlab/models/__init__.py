@@ -1,6 +1,6 @@
 """Model factory (timm names + the kdlab zoo registered into timm), feature taps, checkpoints."""
 
-from kdlab.models import zoo  # noqa: F401  (registers the zoo into timm)
+from kdlab.models import cifar, zoo  # noqa: F401  (register the kdlab zoo and the CRD/DKD CIFAR zoo into timm)
 from kdlab.models.factory import check_model, count_params, create_model
 from kdlab.models.taps import PRE_LOGITS, FeatureTaps, feature_stages, module_paths
 
