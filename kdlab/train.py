@@ -36,7 +36,15 @@ from kdlab.errors import KdlabError
 from kdlab.models import count_params, create_model
 from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.models.export import export_student
-from kdlab.report import RESULTS_FILE, accuracy, evaluate, predict, print_summary, write_results
+from kdlab.report import (
+    RESULTS_FILE,
+    accuracy,
+    evaluate,
+    finite_or_null,
+    predict,
+    print_summary,
+    write_results,
+)
 from kdlab.report.results import model_report
 from kdlab.strategies import BornAgain, OfflineDistillation, OnlineDistillation, SelfDistillation
 from kdlab.teacher import WEIGHTS_FILE, cache_teacher, fit_teacher, get_teacher
@@ -240,7 +248,9 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
                 "method": method,
                 "data": data.name,
                 "seed": cfg.seed,
-                **evaluate(fitted.student, student_arch, fitted.teacher, teacher_arch, data),
+                **evaluate(
+                    fitted.student, student_arch, fitted.teacher, teacher_arch, data, cfg.measure_speed
+                ),
             }
             trained = results["student"] or results["teacher"]
             trained["val_acc_best"] = round(fitted.val_acc_best, 6)
@@ -248,6 +258,10 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
             results["wall_s"] = round(time.perf_counter() - start, 2)
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
+            # the recipe, for `kdlab-compare --by experiment` (null when none was given)
+            results["experiment"] = next(
+                (o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")), None
+            )
             results["published"] = OmegaConf.to_container(cfg.published) if cfg.get("published") else None
             results.update(fitted.extras(data))
             if fitted.student is not None:  # the deployable student, alone
@@ -256,6 +270,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
                     fitted.student, student_arch, kwargs, data.num_classes, data.input_shape, output_dir,
                     OmegaConf.to_container(cfg.data, resolve=True), onnx=cfg.export_onnx,
                 )  # fmt: skip
+            results = finite_or_null(results)  # no validation set: no best validation accuracy (null)
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
         status = "finished"

@@ -86,6 +86,14 @@ def test_markdown_table_for_papers(runs, tmp_path, capsys):
     assert lines[2].startswith("| kd | 3 | 72.0 ± 2.0 | 93.8 ± 0.0 |")
 
 
+def test_every_accuracy_column_is_in_percent():
+    from kdlab.report.compare import fmt
+
+    assert fmt("student.test_acc_best_val", 0.952, 0.0072) == "95.2 ± 0.7"
+    assert fmt("student.val_acc_best", 0.5, 0.0) == "50.0 ± 0.0"
+    assert fmt("student.params", 15210.0, 0.0) == "15,210"
+
+
 def test_nothing_to_compare_fails_clearly(tmp_path):
     p = subprocess.run([str(BIN / "kdlab-compare"), str(tmp_path)], capture_output=True, text=True)
     assert (

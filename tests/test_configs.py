@@ -49,6 +49,7 @@ def test_experiment_composes(name):
     )
     strategy = get_class(cfg.strategy._target_).name
     named_after = (
+        cfg.task if cfg.task == "teacher" else None,  # teacher_<arch>: trains and caches a teacher
         cfg.distill.name,
         strategy,
         {"online": "dml"}.get(strategy),

@@ -63,6 +63,13 @@ def test_baseline_run_has_no_teacher(train):
     assert r["method"] == "none" and r["student"]["test_acc"] > 0
 
 
+def test_run_without_validation_writes_strict_json(train):
+    r = train(["distill=none", "data.val_fraction=0.0"])
+    text = (r["_dir"] / "results.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text)["student"]["val_acc_best"] is None and r["student"]["test_acc"] > 0
+
+
 def test_teacher_is_trained_once_then_reused_and_results_do_not_depend_on_it(train, cache_dir, caplog):
     caplog.set_level(logging.INFO, logger="kdlab")
     first = train(["seed=3"])

@@ -103,7 +103,7 @@ def summarize(groups: dict[tuple, list[dict]], by: list[str], columns: Iterable[
 def fmt(col: str, mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
-    if any(col.endswith(p) for p in PERCENT):
+    if any(p in col.rsplit(".", 1)[-1] for p in PERCENT):  # test_acc, test_acc_best_val, ece, ...
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
     if col.endswith("params"):
         return f"{mean:,.0f}"

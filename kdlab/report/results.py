@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -86,13 +87,16 @@ def evaluate(
     teacher: nn.Module | None,
     teacher_arch: str | None,
     datamodule,
+    measure_speed: bool = True,
 ) -> dict:
     """The teacher/student/fidelity/bias/calibration/efficiency sections of results.json
-    (a section or model that does not apply is None). All on the test set; latency on CPU."""
+    (a section or model that does not apply is None). All on the test set; latency on the
+    models' device, unless ``measure_speed`` is false (latencies and throughputs are then None)."""
     s, s_logits = model_report(student, student_arch, datamodule) if student is not None else (None, None)
     t, t_logits = model_report(teacher, teacher_arch, datamodule) if teacher is not None else (None, None)
     both = s is not None and t is not None
-    s_speed, t_speed = speed(student, datamodule.input_shape), speed(teacher, datamodule.input_shape)
+    shape = datamodule.input_shape
+    s_speed, t_speed = (speed(m if measure_speed else None, shape) for m in (student, teacher))
     ratio = lambda a, b: _r(a / b, 4) if a is not None and b else None  # noqa: E731
     return {
         "teacher": t,
@@ -123,13 +127,25 @@ def evaluate(
     }
 
 
+def finite_or_null(value):
+    """``value`` with every NaN / infinite float replaced by None (strict JSON has neither; a run
+    without validation has no best validation accuracy)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def write_results(results: dict, output_dir: str | Path) -> Path:
-    """Write results.json atomically into the run directory."""
+    """Write results.json atomically into the run directory (strict JSON: no NaN or Infinity)."""
     path = Path(output_dir) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(finite_or_null(results), f, indent=2, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
     return path
