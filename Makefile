@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdlab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint sweep dashboard clean
+.PHONY: help install demo test test-slow lint sweep dashboard reproduce bench clean
 PORT ?= 8080
 
 help:  ## list the targets
@@ -27,6 +27,12 @@ test: install  ## the test suite (fast, CPU-only, no downloads, no W&B account)
 
 test-slow: install  ## the slow tests too
 	$(BIN)/python -m pytest -q
+
+reproduce: install  ## the MNIST-1D reproduction table (paper baselines + distillation, 3 seeds) into docs/results.md, ~7 min
+	$(BIN)/python -m kdlab.reproduce
+
+bench: install  ## training-step time, kdlab against a bare PyTorch loop (MNIST-1D, CIFAR-100 shapes) into docs/benchmarks.md, ~4 min
+	$(BIN)/python -m kdlab.bench $(if $(DEVICE),--device $(DEVICE))
 
 sweep: install  ## the default Optuna sweep (KD temperature and weight on MNIST-1D), a few minutes
 	$(BIN)/kdlab-sweep sweeps=kd_temperature_alpha

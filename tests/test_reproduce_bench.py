@@ -1,0 +1,84 @@
+"""`make reproduce` (kdlab.reproduce) and `make bench` (kdlab.bench): the tables they write."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kdlab import ROOT, bench, reproduce
+
+
+def test_every_reproduce_row_is_an_experiment_and_runs_once():
+    names = [name for _, name, *_ in reproduce.BASELINES + reproduce.DISTILLATION]
+    assert sorted(reproduce.ORDER) == sorted(names)
+    for name in names:
+        assert (ROOT / "experiments" / f"{name}.yaml").exists(), name
+    # the baselines are the MNIST-1D paper's setup: no input noise, each with its published number
+    from tests.conftest import compose_cfg
+
+    for _, name, published in reproduce.BASELINES:
+        cfg = compose_cfg([f"experiments={name}"])
+        assert cfg.data.noise_std == 0 and cfg.distill.name == "none"
+        assert cfg.published.student_acc == published
+
+
+def fake_results(out, name, accs, **extra):
+    for seed, acc in enumerate(accs):
+        path = out / name.replace("/", "_") / str(seed) / "results.json"
+        path.parent.mkdir(parents=True)
+        record = {"strategy": "offline", "method": "none", "seed": seed,
+                  "student": {"arch": "mlp", "params": 15210, "test_acc": acc, "test_acc_best_val": acc + 0.01},
+                  **extra}  # fmt: skip
+        path.write_text(json.dumps(record))
+
+
+def test_reproduce_report_gives_mean_std_and_differences(tmp_path):
+    rows = reproduce.BASELINES + reproduce.DISTILLATION
+    for _, name, *_ in rows:
+        if name == "mnist1d/kd_cnn1d_mlp":
+            fake_results(tmp_path, name, [0.70, 0.72, 0.74], teacher={"arch": "cnn1d", "test_acc": 0.94})
+        elif "dml" in name:  # the DML rows carry their peers
+            fake_results(tmp_path, name, [0.60, 0.62, 0.64], peers=[{"test_acc": 0.70}, {"test_acc": 0.90}])
+        else:
+            fake_results(tmp_path, name, [0.60, 0.62, 0.64])
+    text = reproduce.report(tmp_path, 600.0, {name: 10.0 for _, name, *_ in rows})
+    assert "Wall time: 10.0 min" in text
+    # MLP baseline: mean 62.0, std 2.0, published 68 -> -6.0 points
+    assert "| MLP | 15,210 | 62.0 ± 2.0 | 63.0 ± 2.0 | 68 | -6.0 | 10 |" in text
+    # KD against the MLP alone: +10.0 points, with its teacher
+    kd = next(line for line in text.splitlines() if line.startswith("| KD"))
+    assert "| 72.0 ± 2.0 | 73.0 ± 2.0 | +10.0 | teacher cnn1d 94.0 ± 0.0 |" in kd
+    # DML with the CNN reports its MLP peer (peer 0), not the deployed student
+    dml = next(line for line in text.splitlines() if "MLP + CNN peers" in line)
+    assert "| 70.0 ± 0.0 | - | +8.0 | peers 70.0 ± 0.0 / 90.0 ± 0.0 |" in dml
+
+
+def test_bench_section_replaces_only_its_device(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    bench.write_section(doc, "cuda", "## Training step, CUDA (old)\n\ngpu numbers\n")
+    bench.write_section(doc, "cpu", "## Training step, CPU (1)\n\nfirst\n")
+    bench.write_section(doc, "cpu", "## Training step, CPU (2)\n\nsecond\n")
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and "gpu numbers" in text and "second" in text
+    assert "first" not in text and text.count("## Training step") == 2
+
+
+def test_bench_times_a_recipe(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "-m", "kdlab.bench", "--cases", "mnist1d/kd_cnn1d_mlp", "--steps", "4",
+                           "--doc", str(doc)], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(line for line in doc.read_text().splitlines() if line.startswith("| mnist1d/kd_cnn1d_mlp"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "cnn1d -> mlp" and cells[2:4] == ["100", "4"]
+    bare, kdlab, ratio = float(cells[4]), float(cells[5]), float(cells[6])
+    # the ratio is computed from unrounded times; the ms cells are rounded to 0.1
+    assert bare > 0 and kdlab > 0 and ratio == pytest.approx(kdlab / bare, rel=0.1)
+
+
+def test_bench_rejects_an_unknown_case():
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdlab.bench", "--cases", "mnist1d/nope"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "unknown case(s) mnist1d/nope; known:" in proc.stderr
