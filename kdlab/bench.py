@@ -58,7 +58,7 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
     from hydra.utils import instantiate
 
     from kdlab.losses import at_loss, dkd_loss, kd_loss
-    from kdlab.models import FeatureTaps, create_model, feature_stages
+    from kdlab.models import FeatureTaps, create_model
 
     data = instantiate(cfg.data)
     shape, classes = tuple(data.input_shape), data.num_classes
@@ -67,11 +67,11 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
     opt = instantiate(cfg.student.optimizer)(student.parameters())
     terms = cfg.distill.terms
     taps = None
-    if "at" in terms:  # AT pairs the last k feature stages of each model, as kdlab's AT term
-        s_stages, t_stages = feature_stages(student), feature_stages(teacher)
-        k = min(len(s_stages), len(t_stages))
-        pairs = list(zip(s_stages[-k:], t_stages[-k:]))
-        taps = (FeatureTaps(student, s_stages[-k:]), FeatureTaps(teacher, t_stages[-k:]))
+    if "at" in terms:  # the stage pairs kdlab's AT term picks; the loss itself is written out below
+        at = instantiate(terms.at)
+        at.select_taps(student, teacher)
+        pairs = list(zip(at.student_taps, at.teacher_taps))
+        taps = (FeatureTaps(student, at.student_taps), FeatureTaps(teacher, at.teacher_taps))
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     amp = (

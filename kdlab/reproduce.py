@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kdlab.report.compare import find_results, mean_std
+from kdlab.report.compare import find_results, fmt, mean_std
 
 SEEDS = "0,1,2"
 BASELINES = [  # (label, experiment, published test accuracy)
@@ -61,9 +61,9 @@ def run_row(name: str, out: Path, env: dict) -> float:
     return time.perf_counter() - start
 
 
-def pct(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    return "-" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+def pct(accuracies: list[float]) -> str:
+    """Mean ± std in percent, as kdlab-compare prints an accuracy column."""
+    return fmt("test_acc", *mean_std(accuracies))
 
 
 def row_results(out: Path, name: str) -> list[dict]:
