@@ -74,11 +74,7 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
         taps = (FeatureTaps(student, at.student_taps), FeatureTaps(teacher, at.teacher_taps))
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     times = []
     for i in range(WARMUP + steps):
         start = time.perf_counter()
@@ -94,9 +90,7 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
                 loss = loss + d.weight * dkd_loss(s_logits, t_logits, y, d.alpha, d.beta, d.temperature)
             if taps is not None:
                 s_feats, t_feats = taps[0].pop(), taps[1].pop()
-                loss = loss + terms.at.weight * sum(
-                    at_loss(s_feats[a], t_feats[b], terms.at.p) for a, b in pairs
-                )
+                loss = loss + terms.at.weight * sum(at_loss(s_feats[a], t_feats[b], terms.at.p) for a, b in pairs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -123,8 +117,17 @@ def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out
     """Median seconds between consecutive training steps of kdlab-train on ``recipe``."""
     from kdlab.train import run
 
-    cfg = compose(recipe, [*overrides, "trainer.max_epochs=1", f"+trainer.limit_train_batches={WARMUP + steps + 1}",
-                           "+trainer.limit_val_batches=1", "logger=none", "trainer.enable_progress_bar=false"])  # fmt: skip
+    cfg = compose(
+        recipe,
+        [
+            *overrides,
+            "trainer.max_epochs=1",
+            f"+trainer.limit_train_batches={WARMUP + steps + 1}",
+            "+trainer.limit_val_batches=1",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     timer = StepTimer(device == "cuda")
     run(cfg, out, summary=False, callbacks=[timer])
     return statistics.median(b - a for a, b in zip(timer.starts[WARMUP:], timer.starts[WARMUP + 1 :]))
@@ -154,8 +157,9 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
 
     data = instantiate(cfg.data)
     teacher = create_model(cfg.teacher.arch, data.num_classes, tuple(data.input_shape))
-    ckpt = save_weights(teacher, work / f"{cfg.teacher.arch}.safetensors", cfg.teacher.arch, data.num_classes,
-                        tuple(data.input_shape))  # fmt: skip
+    ckpt = save_weights(
+        teacher, work / f"{cfg.teacher.arch}.safetensors", cfg.teacher.arch, data.num_classes, tuple(data.input_shape)
+    )
     overrides.append(f"teacher.checkpoint={ckpt}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -166,8 +170,16 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
-    return {"recipe": recipe, "teacher": cfg.teacher.arch, "student": cfg.student.arch, "batch": batch,
-            "steps": steps, "bare_ms": 1e3 * bare, "kdlab_ms": 1e3 * kdlab, "peak_mib": peak / 2**20}  # fmt: skip
+    return {
+        "recipe": recipe,
+        "teacher": cfg.teacher.arch,
+        "student": cfg.student.arch,
+        "batch": batch,
+        "steps": steps,
+        "bare_ms": 1e3 * bare,
+        "kdlab_ms": 1e3 * kdlab,
+        "peak_mib": peak / 2**20,
+    }
 
 
 def machine(device: str) -> str:
@@ -175,13 +187,14 @@ def machine(device: str) -> str:
         return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))  # fmt: skip
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
-    )
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def report(rows: list[dict], device: str, wall_s: float) -> str:
@@ -198,9 +211,11 @@ def report(rows: list[dict], device: str, wall_s: float) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['teacher']} -> {r['student']} | {r['batch']} | {r['steps']} | "
-                     f"{r['bare_ms']:.1f} | {r['kdlab_ms']:.1f} | {r['kdlab_ms'] / r['bare_ms']:.2f} | "
-                     f"{1e3 * r['batch'] / r['kdlab_ms']:.0f} | {r['peak_mib']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r['recipe']} | {r['teacher']} -> {r['student']} | {r['batch']} | {r['steps']} | "
+            f"{r['bare_ms']:.1f} | {r['kdlab_ms']:.1f} | {r['kdlab_ms'] / r['bare_ms']:.2f} | "
+            f"{1e3 * r['batch'] / r['kdlab_ms']:.0f} | {r['peak_mib']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -233,9 +248,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            "kdlab.bench: --device cuda, but torch sees no GPU; run it on a GPU machine or drop --device"
-        )
+        raise SystemExit("kdlab.bench: --device cuda, but torch sees no GPU; run it on a GPU machine or drop --device")
     if args.case:
         with tempfile.TemporaryDirectory() as work:
             print("BENCH " + json.dumps(one_case(args.case, args.device, Path(work), args.steps)), flush=True)
@@ -247,8 +260,9 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "disabled"}
     for recipe in args.cases:
         cmd = [sys.executable, "-m", "kdlab.bench", "--case", recipe, "--device", args.device]
-        proc = subprocess.run(cmd + (["--steps", str(args.steps)] if args.steps else []), env=env, capture_output=True,
-                              text=True)  # fmt: skip
+        proc = subprocess.run(
+            cmd + (["--steps", str(args.steps)] if args.steps else []), env=env, capture_output=True, text=True
+        )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"kdlab.bench: {recipe} failed:\n{proc.stderr[-3000:]}")

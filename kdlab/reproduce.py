@@ -42,16 +42,34 @@ DISTILLATION = [  # (label, experiment, its baseline, the peer reported: None = 
     ("BYOT (Zhang 2019), 1-D CNN", "mnist1d/byot", CNN, None),
 ]
 #: slowest first, so that two workers finish together
-ORDER = ["mnist1d/born_again", "mnist1d/dml_mlp_cnn1d", "mnist1d/byot", "mnist1d/dml", "mnist1d/kd_cnn1d_mlp",
-         "mnist1d/dkd_cnn1d_mlp", "mnist1d/dist_cnn1d_mlp", "mnist1d/none_cnn1d", "mnist1d/none_cnn1d_noisy",
-         "mnist1d/none_mlp", "mnist1d/none_mlp_noisy", "mnist1d/none_logistic"]  # fmt: skip
+ORDER = [
+    "mnist1d/born_again",
+    "mnist1d/dml_mlp_cnn1d",
+    "mnist1d/byot",
+    "mnist1d/dml",
+    "mnist1d/kd_cnn1d_mlp",
+    "mnist1d/dkd_cnn1d_mlp",
+    "mnist1d/dist_cnn1d_mlp",
+    "mnist1d/none_cnn1d",
+    "mnist1d/none_cnn1d_noisy",
+    "mnist1d/none_mlp",
+    "mnist1d/none_mlp_noisy",
+    "mnist1d/none_logistic",
+]
 
 
 def run_row(name: str, out: Path, env: dict) -> float:
     """`kdlab-train -m experiments=<name> seed=0,1,2` into out/<name>/; returns its wall time."""
     folder = name.replace("/", "_")
-    cmd = [str(Path(sys.executable).with_name("kdlab-train")), "-m", f"experiments={name}", f"seed={SEEDS}",
-           "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out / folder}"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("kdlab-train")),
+        "-m",
+        f"experiments={name}",
+        f"seed={SEEDS}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={out / folder}",
+    ]
     sys.stdout.write("$ kdlab-train " + " ".join(cmd[1:]) + "\n")  # one write: two rows run at once
     sys.stdout.flush()
     start = time.perf_counter()
@@ -91,8 +109,10 @@ def report(out: Path, wall_s: float, row_s: dict[str, float]) -> str:
         accs = [r["student"]["test_acc"] for r in rs]
         mean = mean_std(accs)[0]
         best = pct([r["student"].get("test_acc_best_val") for r in rs])
-        lines.append(f"| {label} | {rs[0]['student']['params']:,} | {pct(accs)} | {best} | {100 * published:.0f} | "
-                     f"{100 * (mean - published):+.1f} | {row_s[name]:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {rs[0]['student']['params']:,} | {pct(accs)} | {best} | {100 * published:.0f} | "
+            f"{100 * (mean - published):+.1f} | {row_s[name]:.0f} |"
+        )
     lines += [
         "",
         'Published: Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D" (ICML 2024).',
@@ -125,13 +145,20 @@ def report(out: Path, wall_s: float, row_s: dict[str, float]) -> str:
             )
             detail = f"generations {gens}; ensemble {pct([r['ensemble']['test_acc'] for r in rs])}"
         if rs[0].get("exits"):
-            detail = "exits " + " / ".join(f"{e['tap']} {pct([r['exits'][i]['test_acc'] for r in rs])}"
-                                           for i, e in enumerate(rs[0]["exits"]))  # fmt: skip
-        lines.append(f"| {label} | {rs[0]['strategy']} / {rs[0]['method']} | "
-                     f"{pct([m['test_acc'] for m in models])} | {pct([m.get('test_acc_best_val') for m in models])} | "
-                     f"{gain} | {detail} | {row_s[name]:.0f} |")  # fmt: skip
-    lines += ["", "Commands: `kdlab-train -m experiments=<file> seed=0,1,2` for each file above, under "
-              "`experiments/mnist1d/`; the run folders are in `outputs/reproduce/`.", ""]  # fmt: skip
+            detail = "exits " + " / ".join(
+                f"{e['tap']} {pct([r['exits'][i]['test_acc'] for r in rs])}" for i, e in enumerate(rs[0]["exits"])
+            )
+        lines.append(
+            f"| {label} | {rs[0]['strategy']} / {rs[0]['method']} | "
+            f"{pct([m['test_acc'] for m in models])} | {pct([m.get('test_acc_best_val') for m in models])} | "
+            f"{gain} | {detail} | {row_s[name]:.0f} |"
+        )
+    lines += [
+        "",
+        "Commands: `kdlab-train -m experiments=<file> seed=0,1,2` for each file above, under "
+        "`experiments/mnist1d/`; the run folders are in `outputs/reproduce/`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -162,9 +189,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m kdlab.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/reproduce", help="where the runs go")
     parser.add_argument("--doc", default="docs/results.md")
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite --doc from the runs already in --out"
-    )
+    parser.add_argument("--report-only", action="store_true", help="rewrite --doc from the runs already in --out")
     args = parser.parse_args()
     if args.report_only:
         write_report(Path(args.out), Path(args.doc))

@@ -87,11 +87,18 @@ def fit_teacher(
     """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
     pl.seed_everything(t.seed, workers=True, verbose=False)
     data = instantiate(cfg.data, batch_size=t.batch_size)
-    model = create_model(t.arch, data.num_classes, data.input_shape, pretrained=t.pretrained,
-                         pretrained_path=t.pretrained_path, **t.kwargs)  # fmt: skip
+    model = create_model(
+        t.arch,
+        data.num_classes,
+        data.input_shape,
+        pretrained=t.pretrained,
+        pretrained_path=t.pretrained_path,
+        **t.kwargs,
+    )
     scheduler = instantiate(t.scheduler) if t.scheduler else None
-    module = OfflineDistillation(model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes,
-                                 data.input_shape, scheduler=scheduler)  # fmt: skip
+    module = OfflineDistillation(
+        model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes, data.input_shape, scheduler=scheduler
+    )
     trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
     trainer.fit(module, datamodule=data)
     return model.cpu(), module
@@ -104,9 +111,7 @@ def get_teacher(cfg: DictConfig, data) -> nn.Module:
         return single_teacher(cfg, cfg.teacher, data)
     base = OmegaConf.to_container(cfg.teacher, resolve=True)
     base.pop("ensemble")
-    members = [
-        OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)
-    ]
+    members = [OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)]
     models = [single_teacher(cfg, m, data) for m in members]
     arch = f"ensemble[{','.join(m.arch for m in members)}]"
     log.info(f"teacher: {arch}, combining {ens.combine}")
@@ -126,8 +131,9 @@ def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
         log.info(f"teacher: loading {path}")
         return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
     if t.max_epochs == 0:  # pretrained weights used as they are
-        return create_model(t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path,
-                            **t.kwargs)  # fmt: skip
+        return create_model(
+            t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path, **t.kwargs
+        )
     key = teacher_key(teacher_recipe(t, cfg.data), data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     with cache_lock(entry):  # concurrent runs wait for the one that trains
@@ -138,13 +144,12 @@ def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
                 return model
             except KdlabError as e:
                 log.warning(f"teacher: cached {key} unreadable ({e}); training it again")
-        log.info(
-            f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)"
-        )
+        log.info(f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)")
         start = time.perf_counter()
         # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
-        model, module = fit_teacher(cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto",
-                                    sync_batchnorm=False)  # fmt: skip
+        model, module = fit_teacher(
+            cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False
+        )
         metrics = {
             "val_acc_best": module.val_acc_best.compute().item(),
             "train_s": round(time.perf_counter() - start, 2),
@@ -153,8 +158,9 @@ def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
         return model
 
 
-def cache_teacher(cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict,
-                  also_to: Path | None = None) -> str:  # fmt: skip
+def cache_teacher(
+    cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict, also_to: Path | None = None
+) -> str:
     """Store ``model`` as the cached teacher of recipe ``t`` (and at ``also_to``); returns its key."""
     recipe = teacher_recipe(t, cfg.data)
     key = teacher_key(recipe, data.name)

@@ -92,8 +92,17 @@ def factories(spec: DictConfig) -> tuple[Callable, Callable | None]:
     return instantiate(spec.optimizer), (instantiate(spec.scheduler) if spec.scheduler else None)
 
 
-def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list, teacher: nn.Module | None = None,
-                terms: dict | None = None, log_prefix: str = "", strategy: Callable | None = None) -> OfflineDistillation:  # fmt: skip
+def fit_offline(
+    cfg: DictConfig,
+    data,
+    output_dir: Path,
+    loggers: list,
+    callbacks: list,
+    teacher: nn.Module | None = None,
+    terms: dict | None = None,
+    log_prefix: str = "",
+    strategy: Callable | None = None,
+) -> OfflineDistillation:
     """The student, the teacher its terms need (``cfg.teacher`` unless given), the offline module
     (``cfg.strategy`` unless given); fit."""
     terms = instantiate(cfg.distill.terms) if terms is None else terms
@@ -103,19 +112,37 @@ def fit_offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callback
             teacher = get_teacher(cfg, data)
     optimizer, scheduler = factories(cfg.student)
     module = (strategy or instantiate(cfg.strategy))(
-        student=student, teacher=teacher, terms=terms, optimizer=optimizer, scheduler=scheduler,
-        num_classes=data.num_classes, input_shape=data.input_shape, log_prefix=log_prefix,
-    )  # fmt: skip
-    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True,
-                            monitor=f"{log_prefix}val/acc", callbacks=callbacks)  # fmt: skip
+        student=student,
+        teacher=teacher,
+        terms=terms,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        log_prefix=log_prefix,
+    )
+    trainer = build_trainer(
+        cfg,
+        output_dir,
+        loggers,
+        cfg.trainer.max_epochs,
+        checkpoints=True,
+        monitor=f"{log_prefix}val/acc",
+        callbacks=callbacks,
+    )
     trainer.fit(module, datamodule=data)
     return module.cpu()
 
 
 def offline(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     module = fit_offline(cfg, data, output_dir, loggers, callbacks)
-    return Fitted(module.student, module.teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero,
-                  best_checkpoint=best_path(module.trainer))  # fmt: skip
+    return Fitted(
+        module.student,
+        module.teacher,
+        module.val_acc_best.compute().item(),
+        module.trainer.is_global_zero,
+        best_checkpoint=best_path(module.trainer),
+    )
 
 
 def best_path(trainer: pl.Trainer) -> str | None:
@@ -132,48 +159,73 @@ def online(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: li
     peers = [build_student(p, data) for p in peer_specs]
     optimizers, schedulers = zip(*(factories(p) for p in peer_specs)) if peer_specs else ((), ())
     module = instantiate(cfg.strategy)(
-        peers=peers, terms=instantiate(cfg.distill.terms), optimizers=list(optimizers), schedulers=list(schedulers),
-        num_classes=data.num_classes, input_shape=data.input_shape,
-    )  # fmt: skip
-    trainer = build_trainer(
-        cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks
+        peers=peers,
+        terms=instantiate(cfg.distill.terms),
+        optimizers=list(optimizers),
+        schedulers=list(schedulers),
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
     )
+    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
     module.cpu()
     best, deployed = module.best_val_accs(), module.deployed_index()
 
     def extras(data) -> dict:
-        reports = [{"peer": i, **model_report(p, s.arch, data)[0], "val_acc_best": best[i]}
-                   for i, (p, s) in enumerate(zip(module.peers, peer_specs))]  # fmt: skip
+        reports = [
+            {"peer": i, **model_report(p, s.arch, data)[0], "val_acc_best": best[i]}
+            for i, (p, s) in enumerate(zip(module.peers, peer_specs))
+        ]
         return {"peers": reports, "deployed_peer": deployed, "mode": module.mode}
 
-    return Fitted(module.peers[deployed], None, best[deployed], trainer.is_global_zero, extras,
-                  student_arch=peer_specs[deployed].arch,
-                  student_kwargs=OmegaConf.to_container(peer_specs[deployed].kwargs),
-                  best_checkpoint=best_path(trainer), checkpoint_prefix=f"peers.{deployed}.")  # fmt: skip
+    return Fitted(
+        module.peers[deployed],
+        None,
+        best[deployed],
+        trainer.is_global_zero,
+        extras,
+        student_arch=peer_specs[deployed].arch,
+        student_kwargs=OmegaConf.to_container(peer_specs[deployed].kwargs),
+        best_checkpoint=best_path(trainer),
+        checkpoint_prefix=f"peers.{deployed}.",
+    )
 
 
 def self_distill(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
     """BYOT: auxiliary heads on the student's stages, taught by its deepest classifier."""
     optimizer, scheduler = factories(cfg.student)
     module = instantiate(cfg.strategy)(
-        student=build_student(cfg.student, data), terms=instantiate(cfg.distill.terms), optimizer=optimizer,
-        scheduler=scheduler, num_classes=data.num_classes, input_shape=data.input_shape,
-    )  # fmt: skip
-    trainer = build_trainer(
-        cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks
+        student=build_student(cfg.student, data),
+        terms=instantiate(cfg.distill.terms),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
     )
+    trainer = build_trainer(cfg, output_dir, loggers, cfg.trainer.max_epochs, checkpoints=True, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
     module.cpu()
 
     def extras(data) -> dict:
-        exits = [{"exit": i, "tap": path, "test_acc": model_report(m, path, data)[0]["test_acc"],
-                  "head_params": count_params(module.heads[i])}
-                 for i, (path, m) in enumerate(module.exits())]  # fmt: skip
+        exits = [
+            {
+                "exit": i,
+                "tap": path,
+                "test_acc": model_report(m, path, data)[0]["test_acc"],
+                "head_params": count_params(module.heads[i]),
+            }
+            for i, (path, m) in enumerate(module.exits())
+        ]
         return {"exits": exits}
 
-    return Fitted(module.student, None, module.val_acc_best.compute().item(), trainer.is_global_zero, extras,
-                  best_checkpoint=best_path(trainer))  # fmt: skip
+    return Fitted(
+        module.student,
+        None,
+        module.val_acc_best.compute().item(),
+        trainer.is_global_zero,
+        extras,
+        best_checkpoint=best_path(trainer),
+    )
 
 
 def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks: list) -> Fitted:
@@ -184,23 +236,47 @@ def born_again(cfg: DictConfig, data, output_dir: Path, loggers: list, callbacks
         teacher = generations[-1].student.requires_grad_(False) if generations else None
         terms = instantiate(cfg.distill.terms) if teacher is not None else {"ce": CrossEntropy()}
         log.info(f"born-again: generation {g} of {plan.generations}" + (" (labels only)" if g == 0 else ""))
-        generations.append(fit_offline(cfg, data, output_dir / f"gen{g}", loggers, callbacks, teacher=teacher, terms=terms,
-                                       log_prefix=f"gen{g}/", strategy=OfflineDistillation))  # fmt: skip
+        generations.append(
+            fit_offline(
+                cfg,
+                data,
+                output_dir / f"gen{g}",
+                loggers,
+                callbacks,
+                teacher=teacher,
+                terms=terms,
+                log_prefix=f"gen{g}/",
+                strategy=OfflineDistillation,
+            )
+        )
     last = generations[-1]
     students = [m.student for m in generations]
 
     def extras(data) -> dict:
-        out = {"generations": [{"generation": g, **model_report(s, cfg.student.arch, data)[0],
-                                "val_acc_best": round(m.val_acc_best.compute().item(), 6)}
-                               for g, (s, m) in enumerate(zip(students, generations))]}  # fmt: skip
+        out = {
+            "generations": [
+                {
+                    "generation": g,
+                    **model_report(s, cfg.student.arch, data)[0],
+                    "val_acc_best": round(m.val_acc_best.compute().item(), 6),
+                }
+                for g, (s, m) in enumerate(zip(students, generations))
+            ]
+        }
         if plan.ensemble:
             ens = TeacherEnsemble(students, arch=f"ensemble[{cfg.student.arch} x{len(students)}]")
             out["ensemble"] = model_report(ens, ens.kdlab_arch, data)[0]
         return out
 
-    return Fitted(last.student, generations[-2].student, last.val_acc_best.compute().item(),
-                  last.trainer.is_global_zero, extras, teacher_arch=f"{cfg.student.arch} (generation {len(students) - 2})",
-                  best_checkpoint=best_path(last.trainer))  # fmt: skip
+    return Fitted(
+        last.student,
+        generations[-2].student,
+        last.val_acc_best.compute().item(),
+        last.trainer.is_global_zero,
+        extras,
+        teacher_arch=f"{cfg.student.arch} (generation {len(students) - 2})",
+        best_checkpoint=best_path(last.trainer),
+    )
 
 
 STRATEGIES: dict[type, Callable[..., Fitted]] = {
@@ -211,8 +287,14 @@ STRATEGIES: dict[type, Callable[..., Fitted]] = {
 }
 
 
-def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = (), callbacks: list | tuple = (),
-        tags: list[str] | tuple = (), summary: bool = True) -> dict:  # fmt: skip
+def run(
+    cfg: DictConfig,
+    output_dir: str | Path,
+    overrides: list[str] | tuple = (),
+    callbacks: list | tuple = (),
+    tags: list[str] | tuple = (),
+    summary: bool = True,
+) -> dict:
     """The whole kdlab-train job; returns the results.json dict (tests and sweeps call this with a
     composed cfg; ``callbacks`` join the student's trainer, ``tags`` the W&B run's)."""
     start = time.perf_counter()
@@ -248,9 +330,7 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
                 "method": method,
                 "data": data.name,
                 "seed": cfg.seed,
-                **evaluate(
-                    fitted.student, student_arch, fitted.teacher, teacher_arch, data, cfg.measure_speed
-                ),
+                **evaluate(fitted.student, student_arch, fitted.teacher, teacher_arch, data, cfg.measure_speed),
             }
             trained = results["student"] or results["teacher"]
             trained["val_acc_best"] = round(fitted.val_acc_best, 6)
@@ -259,17 +339,21 @@ def run(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | tuple = 
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
             # the recipe, for `kdlab-compare --by experiment` (null when none was given)
-            results["experiment"] = next(
-                (o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")), None
-            )
+            results["experiment"] = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")), None)
             results["published"] = OmegaConf.to_container(cfg.published) if cfg.get("published") else None
             results.update(fitted.extras(data))
             if fitted.student is not None:  # the deployable student, alone
                 kwargs = fitted.student_kwargs or OmegaConf.to_container(cfg.student.kwargs, resolve=True)
                 results["export"] = export_student(
-                    fitted.student, student_arch, kwargs, data.num_classes, data.input_shape, output_dir,
-                    OmegaConf.to_container(cfg.data, resolve=True), onnx=cfg.export_onnx,
-                )  # fmt: skip
+                    fitted.student,
+                    student_arch,
+                    kwargs,
+                    data.num_classes,
+                    data.input_shape,
+                    output_dir,
+                    OmegaConf.to_container(cfg.data, resolve=True),
+                    onnx=cfg.export_onnx,
+                )
             results = finite_or_null(results)  # no validation set: no best validation accuracy (null)
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
@@ -293,8 +377,13 @@ def train_teacher(cfg: DictConfig, data, output_dir: Path, loggers: list) -> Fit
     if module.trainer.is_global_zero:
         metrics = {"val_acc_best": module.val_acc_best.compute().item(), "run": str(output_dir)}
         cache_teacher(cfg, cfg.teacher, data, teacher, metrics, also_to=output_dir / WEIGHTS_FILE)
-    return Fitted(None, teacher, module.val_acc_best.compute().item(), module.trainer.is_global_zero,
-                  best_checkpoint=best_path(module.trainer))  # fmt: skip
+    return Fitted(
+        None,
+        teacher,
+        module.val_acc_best.compute().item(),
+        module.trainer.is_global_zero,
+        best_checkpoint=best_path(module.trainer),
+    )
 
 
 def log_final_metrics(loggers: list, results: dict) -> None:

@@ -38,29 +38,24 @@ def test_recipe_resolves_to_its_table_row(row):
         assert cfg.task == "teacher" and cfg.teacher.arch == row["teacher"]
     else:
         model, epochs, batch = cfg.student, cfg.trainer.max_epochs, cfg.data.batch_size
-        assert (
-            cfg.task == "distill" and cfg.student.arch == row["student"] and cfg.distill.name == row["method"]
-        )
+        assert cfg.task == "distill" and cfg.student.arch == row["student"] and cfg.distill.name == row["method"]
         if row["teacher"] != "-":
             assert cfg.teacher.arch == row["teacher"]
     opt, sched = model.optimizer, model.scheduler
     assert opt._target_ == "torch.optim.SGD" and opt.lr == float(row["lr"])
     assert (opt.momentum, opt.weight_decay) == (0.9, 0.0005)
-    assert (
-        sched._target_.endswith("MultiStepLR")
-        and list(sched.milestones) == [150, 180, 210]
-        and sched.gamma == 0.1
-    )
+    assert sched._target_.endswith("MultiStepLR") and list(sched.milestones) == [150, 180, 210] and sched.gamma == 0.1
     assert (epochs, batch) == (int(row["epochs"]), int(row["batch"]))
     for item in row["weights"].split() if row["weights"] != "-" else []:
         key, value = item.split("=")
         term, attr = key.split(".")
         assert cfg.distill.terms[term][attr] == number(value), key
-    assert (
-        set(cfg.distill.terms) == {i.split(".")[0] for i in row["weights"].split()} or row["weights"] == "-"
-    )
-    for column, key in (("published teacher", "teacher_acc"), ("published student", "student_acc"),
-                        ("published method", "method_acc")):  # fmt: skip
+    assert set(cfg.distill.terms) == {i.split(".")[0] for i in row["weights"].split()} or row["weights"] == "-"
+    for column, key in (
+        ("published teacher", "teacher_acc"),
+        ("published student", "student_acc"),
+        ("published method", "method_acc"),
+    ):
         expected = None if row[column] == "-" else round(float(row[column]) / 100, 4)
         assert cfg.published.get(key) == (pytest.approx(expected) if expected is not None else None), column
 
@@ -78,9 +73,16 @@ def test_presets_name_their_models_in_the_zoo():
 
 @pytest.mark.parametrize(
     "name",
-    ["dkd_resnet32x4_resnet8x4", "crd_resnet32x4_shufflenetv2", "at_vgg13_mobilenetv2", "fitnet_wrn_40_2_shufflenetv1",
-     "fitnet_resnet50_cifar_mobilenetv2", "dist_resnet56_resnet20", "kd_vgg13_vgg8"],
-)  # fmt: skip
+    [
+        "dkd_resnet32x4_resnet8x4",
+        "crd_resnet32x4_shufflenetv2",
+        "at_vgg13_mobilenetv2",
+        "fitnet_wrn_40_2_shufflenetv1",
+        "fitnet_resnet50_cifar_mobilenetv2",
+        "dist_resnet56_resnet20",
+        "kd_vgg13_vgg8",
+    ],
+)
 def test_recipes_run_end_to_end_on_fake_cifar(train, tmp_path_factory, name):
     from kdlab.data.cifar import write_fake_cifar
 
@@ -89,16 +91,21 @@ def test_recipes_run_end_to_end_on_fake_cifar(train, tmp_path_factory, name):
         write_fake_cifar(root, classes=100, n_train=200, n_test=50)
     # FAST (conftest) already cuts the run to 3 batches of 1 epoch, teacher included
     # measure_speed=false: latency at batch 256 of a CIFAR teacher takes minutes on a CPU
-    r = train([f"experiments=cifar100/{name}", f"data.root={root}", "data.batch_size=16", "teacher.batch_size=16",
-               "measure_speed=false"])  # fmt: skip
+    r = train(
+        [
+            f"experiments=cifar100/{name}",
+            f"data.root={root}",
+            "data.batch_size=16",
+            "teacher.batch_size=16",
+            "measure_speed=false",
+        ]
+    )
     assert (
         r["data"] == "cifar100"
         and r["experiment"] == f"cifar100/{name}"
         and r["published"]["source"]
         and len(r["student"]["per_class_acc"]) == 100
     )
-    assert (
-        r["efficiency"]["latency_ms"] is None and r["efficiency"]["throughput"] is None
-    )  # measure_speed=false
+    assert r["efficiency"]["latency_ms"] is None and r["efficiency"]["throughput"] is None  # measure_speed=false
     row = next(row for row in ROWS if row["file"] == name)
     assert (r["student"]["arch"], r["teacher"]["arch"]) == (row["student"], row["teacher"])

@@ -111,9 +111,7 @@ def test_names_are_in_the_zoo_and_in_timm():
         assert timm.models.model_entrypoint(name).__module__.startswith("timm.models."), name
 
 
-@pytest.mark.parametrize(
-    "name", ["resnet8", "wrn_16_1", "vgg8_cifar", "mobilenetv2", "shufflenetv1", "shufflenetv2"]
-)
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8_cifar", "mobilenetv2", "shufflenetv1", "shufflenetv2"])
 def test_timm_contract_in_chans_and_reset(name):
     model = timm.create_model(name, num_classes=7, in_chans=1, input_size=(32, 32), pretrained_cfg_overlay={})
     x = torch.randn(2, 1, 32, 32)
@@ -139,8 +137,7 @@ def test_other_input_sizes_pool_globally():
 def test_module_names_follow_the_reference_checkpoints():
     """Reference checkpoints load once their classifier keys become ``head.``."""
     keys = {
-        n: set(_model(n).state_dict())
-        for n in ("resnet8x4", "wrn_40_2", "vgg13_cifar", "mobilenetv2", "shufflenetv1")
+        n: set(_model(n).state_dict()) for n in ("resnet8x4", "wrn_40_2", "vgg13_cifar", "mobilenetv2", "shufflenetv1")
     }
     assert "layer1.0.downsample.0.weight" in keys["resnet8x4"]
     assert "block2.layer.0.convShortcut.weight" in keys["wrn_40_2"]

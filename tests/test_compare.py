@@ -27,16 +27,26 @@ ACC = {
 
 def fake_results(method: str, seed: int) -> dict:
     acc = ACC[(method, seed)]
-    teacher = None if method == "none" else {"arch": "cnn1d", "params": 5210, "test_acc": 0.938,
-                                             "per_class_acc": [0.9 + 0.01 * c for c in range(10)]}  # fmt: skip
+    teacher = (
+        None
+        if method == "none"
+        else {"arch": "cnn1d", "params": 5210, "test_acc": 0.938, "per_class_acc": [0.9 + 0.01 * c for c in range(10)]}
+    )
     return {
-        "task": "distill", "strategy": "offline", "method": method, "data": "mnist1d", "seed": seed,
+        "task": "distill",
+        "strategy": "offline",
+        "method": method,
+        "data": "mnist1d",
+        "seed": seed,
         "teacher": teacher,
         "student": {"arch": "mlp", "params": 15210, "test_acc": acc, "per_class_acc": [acc] * 10},
         "fidelity": None if teacher is None else {"agreement": acc + 0.01, "kl": 0.9, "retained": acc / 0.938},
-        "calibration": {"ece": 0.2}, "efficiency": {"param_ratio": 2.9, "latency_ms": 0.1},
-        "wall_s": 10.0, "overrides": [f"distill={method}", f"seed={seed}"], "wandb": None,
-    }  # fmt: skip
+        "calibration": {"ece": 0.2},
+        "efficiency": {"param_ratio": 2.9, "latency_ms": 0.1},
+        "wall_s": 10.0,
+        "overrides": [f"distill={method}", f"seed={seed}"],
+        "wandb": None,
+    }
 
 
 @pytest.fixture
@@ -96,28 +106,54 @@ def test_every_accuracy_column_is_in_percent():
 
 def test_nothing_to_compare_fails_clearly(tmp_path):
     p = subprocess.run([str(BIN / "kdlab-compare"), str(tmp_path)], capture_output=True, text=True)
-    assert (
-        p.returncode == 1
-        and p.stderr.strip() == f"kdlab-compare: error: no results.json found under {tmp_path}"
-    )
+    assert p.returncode == 1 and p.stderr.strip() == f"kdlab-compare: error: no results.json found under {tmp_path}"
 
 
 class FakeWandb(http.server.BaseHTTPRequestHandler):
     """Answers the W&B public API's GraphQL queries for one project with two kdlab runs."""
 
     def run_node(self, i: int, full: bool) -> dict:
-        node = {"projectId": "1", "id": f"r{i}", "tags": ["strategy:offline", "data:mnist1d", "method:kd"],
-                "name": f"run{i}", "displayName": f"run-{i}", "sweepName": None, "state": "finished", "group": None,
-                "jobType": "distill", "commit": None, "readOnly": False, "createdAt": "2026-11-23T10:00:00",
-                "heartbeatAt": "2026-11-23T10:01:00", "description": "", "notes": "", "historyLineCount": 3,
-                "user": {"name": "me", "username": "me"}}  # fmt: skip
+        node = {
+            "projectId": "1",
+            "id": f"r{i}",
+            "tags": ["strategy:offline", "data:mnist1d", "method:kd"],
+            "name": f"run{i}",
+            "displayName": f"run-{i}",
+            "sweepName": None,
+            "state": "finished",
+            "group": None,
+            "jobType": "distill",
+            "commit": None,
+            "readOnly": False,
+            "createdAt": "2026-11-23T10:00:00",
+            "heartbeatAt": "2026-11-23T10:01:00",
+            "description": "",
+            "notes": "",
+            "historyLineCount": 3,
+            "user": {"name": "me", "username": "me"},
+        }
         if full:
-            config = {"task": "distill", "seed": i, "distill": {"name": "kd"}, "student": {"arch": "mlp"},
-                      "teacher": {"arch": "cnn1d"}}  # fmt: skip
-            summary = {"test/student_acc": 0.70 + 0.04 * i, "test/teacher_acc": 0.938, "params/student": 15210,
-                       "params/teacher": 5210, "fidelity/agreement": 0.73, "calibration/ece": 0.15}  # fmt: skip
-            node |= {"config": json.dumps({k: {"value": v} for k, v in config.items()}), "systemMetrics": "{}",
-                     "summaryMetrics": json.dumps(summary), "historyKeys": {"keys": {}, "lastStep": 0}}  # fmt: skip
+            config = {
+                "task": "distill",
+                "seed": i,
+                "distill": {"name": "kd"},
+                "student": {"arch": "mlp"},
+                "teacher": {"arch": "cnn1d"},
+            }
+            summary = {
+                "test/student_acc": 0.70 + 0.04 * i,
+                "test/teacher_acc": 0.938,
+                "params/student": 15210,
+                "params/teacher": 5210,
+                "fidelity/agreement": 0.73,
+                "calibration/ece": 0.15,
+            }
+            node |= {
+                "config": json.dumps({k: {"value": v} for k, v in config.items()}),
+                "systemMetrics": "{}",
+                "summaryMetrics": json.dumps(summary),
+                "historyKeys": {"keys": {}, "lastStep": 0},
+            }
         return node
 
     def do_POST(self):
@@ -129,13 +165,27 @@ class FakeWandb(http.server.BaseHTTPRequestHandler):
         query = body.get("query", "")
         if "query Runs" in query:
             edges = [{"node": self.run_node(i, False), "cursor": f"c{i}"} for i in range(2)]
-            data = {"project": {"internalId": "1", "runCount": 2, "readOnly": False,
-                                "runs": {"edges": edges, "pageInfo": {"endCursor": "c1", "hasNextPage": False}}}}  # fmt: skip
+            data = {
+                "project": {
+                    "internalId": "1",
+                    "runCount": 2,
+                    "readOnly": False,
+                    "runs": {"edges": edges, "pageInfo": {"endCursor": "c1", "hasNextPage": False}},
+                }
+            }
         elif "query Run(" in query:
             data = {"project": {"run": self.run_node(int(body["variables"]["name"][-1]), True)}}
         elif "viewer" in query:
-            data = {"viewer": {"id": "u1", "entity": "me", "username": "me", "email": "me@example.com", "flags": "{}",
-                               "teams": {"edges": []}}}  # fmt: skip
+            data = {
+                "viewer": {
+                    "id": "u1",
+                    "entity": "me",
+                    "username": "me",
+                    "email": "me@example.com",
+                    "flags": "{}",
+                    "teams": {"edges": []},
+                }
+            }
         else:
             data = {}
         self.send_response(200)
@@ -150,11 +200,30 @@ class FakeWandb(http.server.BaseHTTPRequestHandler):
 def test_wandb_project_runs_fill_the_same_table(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeWandb)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}", "WANDB_API_KEY": "k" * 40,
-           "WANDB_MODE": "online"}  # fmt: skip
+    env = {
+        **os.environ,
+        "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "WANDB_API_KEY": "k" * 40,
+        "WANDB_MODE": "online",
+    }
     try:
-        p = subprocess.run([str(BIN / "kdlab-compare"), "--wandb", "me/kdlab", "--by", "method", "--format", "markdown",
-                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        p = subprocess.run(
+            [
+                str(BIN / "kdlab-compare"),
+                "--wandb",
+                "me/kdlab",
+                "--by",
+                "method",
+                "--format",
+                "markdown",
+                "--out",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     finally:
         server.shutdown()
     assert p.returncode == 0, p.stderr[-2000:]

@@ -14,8 +14,7 @@ GROUPS = ["data", "teacher", "student", "strategy", "distill", "trainer", "logge
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
 # Hydra 1.3 does not list searchpath groups reliably: enumerate experiment files with pathlib.
 EXPERIMENTS = sorted(
-    p.relative_to(ROOT / "experiments").with_suffix("").as_posix()
-    for p in (ROOT / "experiments").rglob("*.yaml")
+    p.relative_to(ROOT / "experiments").with_suffix("").as_posix() for p in (ROOT / "experiments").rglob("*.yaml")
 )
 
 
@@ -44,9 +43,7 @@ def test_experiment_composes(name):
     cfg = compose_cfg([f"experiments={name}"])
     assert cfg.distill.name and cfg.teacher.arch and cfg.student.arch
     folder, file = name.split("/")[-2:]
-    assert folder in ("mnist1d", "digits", "cifar10", "cifar100"), (
-        "experiments live under a folder per dataset"
-    )
+    assert folder in ("mnist1d", "digits", "cifar10", "cifar100"), "experiments live under a folder per dataset"
     strategy = get_class(cfg.strategy._target_).name
     named_after = (
         cfg.task if cfg.task == "teacher" else None,  # teacher_<arch>: trains and caches a teacher
@@ -55,9 +52,7 @@ def test_experiment_composes(name):
         {"online": "dml"}.get(strategy),
         {"self": "byot"}.get(strategy),
     )
-    assert any(n and file.startswith(n) for n in named_after), (
-        "named <method or strategy>_<teacher>_<student>"
-    )
+    assert any(n and file.startswith(n) for n in named_after), "named <method or strategy>_<teacher>_<student>"
 
 
 def test_experiments_reachable_from_any_working_directory(tmp_path, monkeypatch):

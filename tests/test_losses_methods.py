@@ -124,9 +124,7 @@ def ref_angles(e) -> np.ndarray:
         n = math.sqrt(float((v * v).sum()))
         return v / n if n > 0 else v * 0.0
 
-    return np.array(
-        [unit(e[j] - e[i]) @ unit(e[k] - e[i]) for i in range(b) for j in range(b) for k in range(b)]
-    )
+    return np.array([unit(e[j] - e[i]) @ unit(e[k] - e[i]) for i in range(b) for j in range(b) for k in range(b)])
 
 
 def huber(x, y) -> float:
@@ -161,9 +159,7 @@ def ref_pkt(s, t, eps: float = 1e-7) -> float:
 
     p, q = conditional(s), conditional(t)
     b = len(p)
-    return (
-        sum(q[i, j] * math.log((q[i, j] + eps) / (p[i, j] + eps)) for i in range(b) for j in range(b)) / b**2
-    )
+    return sum(q[i, j] * math.log((q[i, j] + eps) / (p[i, j] + eps)) for i in range(b) for j in range(b)) / b**2
 
 
 def ref_nce(x, n_data, eps: float = 1e-7) -> float:
@@ -220,9 +216,7 @@ def test_dkd_is_linear_in_alpha_beta():
     s, t, y = t64(DKD_S), t64(DKD_T), torch.tensor(DKD_Y)
     tckd = dkd_loss(s, t, y, 1.0, 0.0, 3.0)
     nckd = dkd_loss(s, t, y, 0.0, 1.0, 3.0)
-    assert dkd_loss(s, t, y, 2.5, 7.0, 3.0).item() == pytest.approx(
-        2.5 * tckd.item() + 7.0 * nckd.item(), rel=1e-12
-    )
+    assert dkd_loss(s, t, y, 2.5, 7.0, 3.0).item() == pytest.approx(2.5 * tckd.item() + 7.0 * nckd.item(), rel=1e-12)
     assert dkd_loss(s, t, y, 0.0, 0.0, 3.0).item() == 0.0
 
 
@@ -453,14 +447,10 @@ def test_rkd_matches_hand_computation(wd, wa):
     # large differences exercise the linear branch of the Huber loss
     s2 = randn(4, 3, seed=26)
     t2 = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.1]], dtype=F64)
-    assert rkd_loss(s2, t2, 1.0, 2.0).item() == pytest.approx(
-        ref_rkd(s2.numpy(), t2.numpy(), 1.0, 2.0), rel=1e-9
-    )
+    assert rkd_loss(s2, t2, 1.0, 2.0).item() == pytest.approx(ref_rkd(s2.numpy(), t2.numpy(), 1.0, 2.0), rel=1e-9)
     # (b, c, h, w) embeddings are flattened to (b, c*h*w)
     s4, t4 = randn(3, 2, 2, 2, seed=27), randn(3, 8, seed=28)
-    assert rkd_loss(s4, t4, 1.0, 2.0).item() == pytest.approx(
-        ref_rkd(s4.numpy(), t4.numpy(), 1.0, 2.0), rel=1e-9
-    )
+    assert rkd_loss(s4, t4, 1.0, 2.0).item() == pytest.approx(ref_rkd(s4.numpy(), t4.numpy(), 1.0, 2.0), rel=1e-9)
 
 
 def test_rkd_tiny_case_by_hand():
@@ -548,9 +538,7 @@ def test_sp_limits_invariances_symmetry():
     ):
         assert torch.isfinite(sp_loss(zs, zt))
     # zero student: G_s = 0, each teacher row has unit norm -> sum of squares b, divided by b^2
-    assert sp_loss(torch.zeros(4, 3), randn(4, 3, dtype=torch.float32)).item() == pytest.approx(
-        1 / 4, rel=1e-5
-    )
+    assert sp_loss(torch.zeros(4, 3), randn(4, 3, dtype=torch.float32)).item() == pytest.approx(1 / 4, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,9 +602,7 @@ def test_crd_tiny_case_by_hand():
     s = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.6, 0.6]], dtype=F64)
     t = torch.tensor([[0.2, 0.2, 0.2], [0.8, 0.2, 0.2]], dtype=F64)
     assert crd_loss(s, t, 10).item() == pytest.approx(math.log(80.0), abs=1e-5)
-    assert crd_loss(s, t, 10).item() == pytest.approx(
-        ref_nce(s.numpy(), 10) + ref_nce(t.numpy(), 10), rel=1e-12
-    )
+    assert crd_loss(s, t, 10).item() == pytest.approx(ref_nce(s.numpy(), 10) + ref_nce(t.numpy(), 10), rel=1e-12)
 
 
 def test_crd_matches_hand_computation():
@@ -631,16 +617,11 @@ def test_crd_matches_hand_computation():
 def test_crd_decreases_as_positive_dominates():
     neg = torch.full((3, 4), 0.05, dtype=F64)
     t = torch.cat([torch.full((3, 1), 0.3, dtype=F64), neg], 1)
-    losses = [
-        crd_loss(torch.cat([torch.full((3, 1), p, dtype=F64), neg], 1), t, 20).item()
-        for p in (0.01, 0.1, 1, 10)
-    ]
+    losses = [crd_loss(torch.cat([torch.full((3, 1), p, dtype=F64), neg], 1), t, 20).item() for p in (0.01, 0.1, 1, 10)]
     assert all(a > b for a, b in zip(losses, losses[1:]))
     # ... and as the negatives shrink with the positive fixed
     pos = torch.full((3, 1), 0.3, dtype=F64)
-    losses = [
-        crd_loss(torch.cat([pos, torch.full((3, 4), n, dtype=F64)], 1), t, 20).item() for n in (1, 0.1, 0.01)
-    ]
+    losses = [crd_loss(torch.cat([pos, torch.full((3, 4), n, dtype=F64)], 1), t, 20).item() for n in (1, 0.1, 0.01)]
     assert all(a > b for a, b in zip(losses, losses[1:]))
     # the two views enter symmetrically
     s = torch.cat([pos * 2, neg], 1)

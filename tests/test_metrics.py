@@ -15,9 +15,7 @@ def two_class_logits(p_first: float) -> list[float]:
 def test_ece_on_a_constructed_example():
     # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right):
     # bin of 0.9: |0.5 - 0.9| * 2/4 = 0.2; bin of 0.6: |1.0 - 0.6| * 2/4 = 0.2 -> ECE 0.4
-    logits = torch.tensor(
-        [two_class_logits(0.9), two_class_logits(0.9), two_class_logits(0.6), two_class_logits(0.6)]
-    )
+    logits = torch.tensor([two_class_logits(0.9), two_class_logits(0.9), two_class_logits(0.6), two_class_logits(0.6)])
     target = torch.tensor([0, 1, 0, 0])
     assert expected_calibration_error(logits, target) == pytest.approx(0.4, abs=1e-6)
 

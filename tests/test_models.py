@@ -107,9 +107,7 @@ def test_safetensors_round_trip_and_metadata_checks(tmp_path):
 
 def test_torch_checkpoints_load_with_weights_only(tmp_path):
     model = create_model("mlp", 10, (1, 40))
-    torch.save(
-        {"state_dict": {f"student.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "last.ckpt"
-    )
+    torch.save({"state_dict": {f"student.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "last.ckpt")
     loaded = load_weights(tmp_path / "last.ckpt", "mlp", 10, (1, 40))
     x = torch.randn(2, 1, 40)
     torch.testing.assert_close(loaded(x), model(x))

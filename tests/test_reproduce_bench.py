@@ -27,9 +27,13 @@ def fake_results(out, name, accs, **extra):
     for seed, acc in enumerate(accs):
         path = out / name.replace("/", "_") / str(seed) / "results.json"
         path.parent.mkdir(parents=True)
-        record = {"strategy": "offline", "method": "none", "seed": seed,
-                  "student": {"arch": "mlp", "params": 15210, "test_acc": acc, "test_acc_best_val": acc + 0.01},
-                  **extra}  # fmt: skip
+        record = {
+            "strategy": "offline",
+            "method": "none",
+            "seed": seed,
+            "student": {"arch": "mlp", "params": 15210, "test_acc": acc, "test_acc_best_val": acc + 0.01},
+            **extra,
+        }
         path.write_text(json.dumps(record))
 
 
@@ -66,8 +70,12 @@ def test_bench_section_replaces_only_its_device(tmp_path):
 
 def test_bench_times_a_recipe(tmp_path):
     doc = tmp_path / "benchmarks.md"
-    proc = subprocess.run([sys.executable, "-m", "kdlab.bench", "--cases", "mnist1d/kd_cnn1d_mlp", "--steps", "4",
-                           "--doc", str(doc)], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdlab.bench", "--cases", "mnist1d/kd_cnn1d_mlp", "--steps", "4", "--doc", str(doc)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| mnist1d/kd_cnn1d_mlp"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -14,8 +14,9 @@ def online(peers=("mlp", "mlp"), terms=None, mode="mutual"):
     torch.manual_seed(0)
     models = [create_model(a, 10, (1, 40)) for a in peers]
     terms = terms or {"ce": CrossEntropy(1.0), "kd": KD(1.0, temperature=1.0)}
-    return OnlineDistillation(models, terms, [lambda p: torch.optim.SGD(p, lr=0.1)] * len(models), 10, (1, 40),
-                              mode=mode)  # fmt: skip
+    return OnlineDistillation(
+        models, terms, [lambda p: torch.optim.SGD(p, lr=0.1)] * len(models), 10, (1, 40), mode=mode
+    )
 
 
 def batch(n=16):
@@ -77,8 +78,9 @@ def test_bad_online_settings_fail_clearly():
 
 def test_byot_heads_sit_at_the_stages_and_are_not_part_of_the_student():
     student = create_model("cnn1d", 10, (1, 40))
-    module = SelfDistillation(student, {"ce": CrossEntropy(0.9), "kd": KD(0.1, 3.0)},
-                              lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40))  # fmt: skip
+    module = SelfDistillation(
+        student, {"ce": CrossEntropy(0.9), "kd": KD(0.1, 3.0)}, lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40)
+    )
     assert module.head_paths == ["conv1", "conv2"]
     assert count_params(module.student) == 5210 and all(count_params(h) > 0 for h in module.heads)
     exits = dict(module.exits())
@@ -90,8 +92,9 @@ def test_byot_heads_sit_at_the_stages_and_are_not_part_of_the_student():
 
 def test_byot_refuses_feature_terms():
     with pytest.raises(KdlabError, match="response terms"):
-        SelfDistillation(create_model("cnn1d", 10, (1, 40)), {"fitnet": FitNet()},
-                         lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40))  # fmt: skip
+        SelfDistillation(
+            create_model("cnn1d", 10, (1, 40)), {"fitnet": FitNet()}, lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40)
+        )
 
 
 @pytest.mark.parametrize(
@@ -113,22 +116,27 @@ def test_byot_refuses_feature_terms():
         "self-dist-mlp",
         "born-again",
         "tfkd",
-    ],  # fmt: skip
+    ],
 )
 def test_strategy_runs_end_to_end(train, overrides):
     r = train(overrides)
     strategy = compose_cfg(overrides).strategy._target_.rsplit(".", 1)[1]
-    assert r["strategy"] == {"OnlineDistillation": "online", "SelfDistillation": "self", "BornAgain": "born_again",
-                             "OfflineDistillation": "offline"}[strategy]  # fmt: skip
+    assert (
+        r["strategy"]
+        == {
+            "OnlineDistillation": "online",
+            "SelfDistillation": "self",
+            "BornAgain": "born_again",
+            "OfflineDistillation": "offline",
+        }[strategy]
+    )
     assert 0.0 <= r["student"]["test_acc"] <= 1.0
     if r["strategy"] == "online":
         assert len(r["peers"]) == (3 if "strategy.peers=3" in overrides else 2)
         assert r["student"]["test_acc"] == r["peers"][r["deployed_peer"]]["test_acc"]
         assert r["teacher"] is None
     if r["strategy"] == "self":
-        assert [e["tap"] for e in r["exits"]] == (
-            ["blocks.0"] if "student=mlp" in overrides else ["conv1", "conv2"]
-        )
+        assert [e["tap"] for e in r["exits"]] == (["blocks.0"] if "student=mlp" in overrides else ["conv1", "conv2"])
     if r["strategy"] == "born_again":
         assert [g["generation"] for g in r["generations"]] == [0, 1] and r["ensemble"]["params"] == 2 * 15210
         assert r["teacher"]["test_acc"] == r["generations"][0]["test_acc"]
@@ -138,8 +146,10 @@ def test_strategy_runs_end_to_end(train, overrides):
 
 def test_born_again_generation_g_is_taught_by_a_frozen_generation_g_minus_1(train):
     r = train(["strategy=born_again", "strategy.generations=3", "distill=kd"])
-    ckpt = {g: torch.load(r["_dir"] / f"gen{g}" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-            for g in range(3)}  # fmt: skip
+    ckpt = {
+        g: torch.load(r["_dir"] / f"gen{g}" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for g in range(3)
+    }
     assert not any(k.startswith("teacher.") for k in ckpt[0])  # generation 0 learns from the labels alone
     for g in (1, 2):
         for k, v in ckpt[g].items():

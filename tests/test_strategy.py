@@ -75,16 +75,12 @@ class Tapped(FeatureTerm):
         return student_stages[-1:], teacher_stages[-1:]
 
     def loss(self, out: StepOutputs):
-        assert set(out.student_feats) == set(self.student_taps) and set(out.teacher_feats) == set(
-            self.teacher_taps
-        )
+        assert set(out.student_feats) == set(self.student_taps) and set(out.teacher_feats) == set(self.teacher_taps)
         return out.student_feats[self.student_taps[0]].mean() * 0
 
 
 def test_terms_get_their_taps_and_probed_shapes():
-    module = make_module(
-        {"ce": CrossEntropy(), "tap": Tapped(student_taps=["blocks.0"], teacher_taps=["conv2"])}
-    )
+    module = make_module({"ce": CrossEntropy(), "tap": Tapped(student_taps=["blocks.0"], teacher_taps=["conv2"])})
     assert module.terms["tap"].shapes == {"blocks.0": (100,), "conv2": (25, 10)}
     assert set(module.training_step(batch(), 0)) == {"loss", "loss_ce", "loss_tap"}
 
@@ -96,9 +92,7 @@ def test_default_taps_come_from_the_models_declared_stages():
 
 
 def test_bad_tap_path_fails_at_build_time_with_valid_paths():
-    with pytest.raises(
-        KdlabError, match=r"teacher has no module 'layer3'.*valid tap paths: conv1, conv2, conv3, head"
-    ):
+    with pytest.raises(KdlabError, match=r"teacher has no module 'layer3'.*valid tap paths: conv1, conv2, conv3, head"):
         make_module({"ce": CrossEntropy(), "tap": Tapped(student_taps=["blocks.1"], teacher_taps=["layer3"])})
     with pytest.raises(KdlabError, match=r"give as many of each"):
         make_module(

@@ -25,10 +25,17 @@ from tests.conftest import compose_cfg
 BIN = Path(sys.executable).parent
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # a few batches per epoch; the learning rate decides who is pruned: 1e-9 learns nothing
-TINY = ["trainer.max_epochs=2", "+trainer.limit_train_batches=10", "trainer.enable_progress_bar=false",
-        "teacher.max_epochs=1", "sweep.worker=0", "~sweep.params",
-        "+sweep.params={student.optimizer.lr:{type:categorical,choices:[0.01,1e-9]}}",
-        "sweep.pruner.n_startup_trials=1", "sweep.pruner.n_warmup_steps=0"]  # fmt: skip
+TINY = [
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=10",
+    "trainer.enable_progress_bar=false",
+    "teacher.max_epochs=1",
+    "sweep.worker=0",
+    "~sweep.params",
+    "+sweep.params={student.optimizer.lr:{type:categorical,choices:[0.01,1e-9]}}",
+    "sweep.pruner.n_startup_trials=1",
+    "sweep.pruner.n_warmup_steps=0",
+]
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -50,8 +57,10 @@ def test_kd_sweep_searches_temperature_and_weight():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"distill.terms.kd.temprature": {"type": "float", "low": 1, "high": 2}},
-         r"no config key 'distill.terms.kd.temprature' \(closest: distill.terms.kd.temperature"),
+        (
+            {"distill.terms.kd.temprature": {"type": "float", "low": 1, "high": 2}},
+            r"no config key 'distill.terms.kd.temprature' \(closest: distill.terms.kd.temperature",
+        ),
         ({"student.optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"low < high"),
         ({"student.optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, r"log scale needs low > 0"),
         ({"student.optimizer.lr": {"type": "uniform", "low": 0.0, "high": 0.1}}, r"type: float\|int\|categorical"),
@@ -60,7 +69,7 @@ def test_kd_sweep_searches_temperature_and_weight():
         ({"distill": {"type": "categorical", "choices": []}}, r"non-empty 'choices'"),
         ({}, r"sweep.params is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_search_spaces_fail_clearly(params, message):
     with pytest.raises(KdlabError, match=message):
         parse_space(params, compose_cfg(["sweeps=kd_temperature_alpha"]))
@@ -68,8 +77,13 @@ def test_bad_search_spaces_fail_clearly(params, message):
 
 def test_group_choices_and_int_params_are_searchable():
     cfg = compose_cfg(["sweeps=kd_temperature_alpha"])
-    space = parse_space({"distill": {"type": "categorical", "choices": ["kd", "dkd"]},
-                         "data.batch_size": {"type": "int", "low": 32, "high": 128, "step": 32}}, cfg)  # fmt: skip
+    space = parse_space(
+        {
+            "distill": {"type": "categorical", "choices": ["kd", "dkd"]},
+            "data.batch_size": {"type": "int", "low": 32, "high": 128, "step": 32},
+        },
+        cfg,
+    )
     study = optuna.create_study()
     trial = study.ask()
     overrides = [p.override(p.suggest(trial)) for p in space]
@@ -92,12 +106,8 @@ def wandb_run(run_dir: Path) -> tuple[str, dict]:
     """(group, final summary view) of an offline W&B run, read back with `wandb leet inspect`."""
     leet = [str(BIN / "wandb"), "leet", "inspect", "--json"]
     records = subprocess.run([*leet, str(run_dir)], capture_output=True, text=True, check=True).stdout
-    group = next(
-        json.loads(line)["run"]["run_group"] for line in records.splitlines() if '"type":"run"' in line
-    )
-    summary = subprocess.run(
-        [*leet, "--summary", str(run_dir)], capture_output=True, text=True, check=True
-    ).stdout
+    group = next(json.loads(line)["run"]["run_group"] for line in records.splitlines() if '"type":"run"' in line)
+    summary = subprocess.run([*leet, "--summary", str(run_dir)], capture_output=True, text=True, check=True).stdout
     return group, json.loads(summary)
 
 
@@ -128,32 +138,44 @@ def test_sqlite_sweep_prunes_logs_each_trial_to_wandb_and_resumes(sweep_dir, cap
         if t.state == TrialState.COMPLETE:
             results = json.loads((study_dir / f"trial_{t.number:03d}" / "results.json").read_text())
             assert results["student"]["val_acc_best"] == pytest.approx(t.value, abs=1e-6)
-    sweep(
-        ["sweeps=kd_temperature_alpha", "sweep.n_trials=2", "logger=none", *TINY]
-    )  # the same study, resumed
+    sweep(["sweeps=kd_temperature_alpha", "sweep.n_trials=2", "logger=none", *TINY])  # the same study, resumed
     assert len(load(sweep_dir).trials) == 6
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(sweep_dir):
-    sweep(["sweeps=kd_temperature_alpha", "sweep.n_trials=3", "logger=none", *TINY[:5], "~sweep.params",
-           "+sweep.params={student.arch:{type:categorical,choices:[mlp,no_such_model]}}"])  # fmt: skip
+    sweep(
+        [
+            "sweeps=kd_temperature_alpha",
+            "sweep.n_trials=3",
+            "logger=none",
+            *TINY[:5],
+            "~sweep.params",
+            "+sweep.params={student.arch:{type:categorical,choices:[mlp,no_such_model]}}",
+        ]
+    )
     study = load(sweep_dir)
     by_arch = {t.params["student.arch"]: t.state for t in study.trials}
     assert len(study.trials) == 3 and by_arch.get("no_such_model", TrialState.FAIL) == TrialState.FAIL
-    assert all(t.state == (TrialState.COMPLETE if t.params["student.arch"] == "mlp" else TrialState.FAIL)
-               for t in study.trials)  # fmt: skip
+    assert all(
+        t.state == (TrialState.COMPLETE if t.params["student.arch"] == "mlp" else TrialState.FAIL) for t in study.trials
+    )
 
 
 def test_cli_reports_a_bad_search_key_in_one_line(tmp_path):
-    p = subprocess.run([str(BIN / "kdlab-sweep"), "sweeps=kd_temperature_alpha", "~sweep.params",
-                        "+sweep.params={distill.terms.kd.temprature:{type:float,low:1,high:2}}"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
-    assert p.returncode == 1
-    assert (
-        p.stderr.strip()
-        .splitlines()[-1]
-        .startswith("kdlab-sweep: error: sweep.params.distill.terms.kd.temprature")
+    p = subprocess.run(
+        [
+            str(BIN / "kdlab-sweep"),
+            "sweeps=kd_temperature_alpha",
+            "~sweep.params",
+            "+sweep.params={distill.terms.kd.temprature:{type:float,low:1,high:2}}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("kdlab-sweep: error: sweep.params.distill.terms.kd.temprature")
 
 
 def free_port() -> int:
@@ -178,29 +200,64 @@ def postgres(tmp_path):
     if as_postgres:
         shutil.chown(data, "postgres")
     port = free_port()
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)  # fmt: skip
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(
-            [*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_workers_fill_one_postgresql_study_with_distinct_trials(postgres, tmp_path, cache_dir):
     env = {**os.environ, "KDLAB_SWEEP_DIR": str(tmp_path / "sweeps"), "PYTHONWARNINGS": "ignore"}
-    args = ["sweeps=kd_temperature_alpha", f"sweep.storage={postgres}", "sweep.n_trials=2", "logger=none",
-            "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
-            "teacher.max_epochs=1"]  # fmt: skip
+    args = [
+        "sweeps=kd_temperature_alpha",
+        f"sweep.storage={postgres}",
+        "sweep.n_trials=2",
+        "logger=none",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false",
+        "teacher.max_epochs=1",
+    ]
     # the study is created once, then two workers (as on two machines) add their trials to it
-    subprocess.run([str(BIN / "kdlab-sweep"), *args, "sweep.n_trials=0"], check=True, env=env, capture_output=True,
-                   cwd=tmp_path, timeout=300)  # fmt: skip
-    workers = [subprocess.Popen([str(BIN / "kdlab-sweep"), *args, f"sweep.worker={i}"], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]  # fmt: skip
+    subprocess.run(
+        [str(BIN / "kdlab-sweep"), *args, "sweep.n_trials=0"],
+        check=True,
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    workers = [
+        subprocess.Popen(
+            [str(BIN / "kdlab-sweep"), *args, f"sweep.worker={i}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outputs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
     study = optuna.load_study(study_name="kd_temperature_alpha", storage=postgres)
@@ -214,11 +271,15 @@ def dashboard(tmp_path):
     db = tmp_path / "optuna.db"
     storage = f"sqlite:///{db}"
     study = optuna.create_study(study_name="kd_demo", storage=storage, direction="maximize")
-    study.optimize(lambda t: 1 - (t.suggest_float("distill.terms.kd.temperature", 1, 20, log=True) - 4) ** 2 / 400,
-                   n_trials=5)  # fmt: skip
+    study.optimize(
+        lambda t: 1 - (t.suggest_float("distill.terms.kd.temperature", 1, 20, log=True) - 4) ** 2 / 400, n_trials=5
+    )
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port), storage],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port), storage],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -248,13 +309,20 @@ def test_dashboard_page_shows_the_trials_in_headless_chromium(dashboard, tmp_pat
     if not chromium:
         pytest.skip("Chromium not installed (apt-get install -y chromium)")
     base, study = dashboard
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
-             "--virtual-time-budget=20000", "--window-size=1280,900"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--virtual-time-budget=20000",
+        "--window-size=1280,900",
+    ]
     page = f"{base}/dashboard/studies/{study._study_id}/trials"
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120
-    ).stdout
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert "kd_demo" in dom and "5 Trials" in dom and "distill.terms.kd.temperature" in dom
     shot = tmp_path / "study.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)

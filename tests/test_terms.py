@@ -32,18 +32,20 @@ def test_fitnet_regressor_maps_student_shape_to_teacher_shape(s, t, kind):
 
 
 def test_fitnet_regressor_refuses_shapes_it_cannot_map():
-    with pytest.raises(
-        KdlabError, match=r"FitNet cannot map student features \(16, 5\) to teacher features \(25, 8\)"
-    ):
+    with pytest.raises(KdlabError, match=r"FitNet cannot map student features \(16, 5\) to teacher features \(25, 8\)"):
         regressor((16, 5), (25, 8))
 
 
 def offline(terms, student="cnn_tiny", teacher="cnn1d"):
     torch.manual_seed(0)
     return OfflineDistillation(
-        create_model(student, 10, (1, 40)), terms, lambda p: torch.optim.SGD(p, lr=0.1), 10, (1, 40),
+        create_model(student, 10, (1, 40)),
+        terms,
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        10,
+        (1, 40),
         teacher=create_model(teacher, 10, (1, 40)),
-    )  # fmt: skip
+    )
 
 
 def test_learnable_parts_are_optimised_with_the_student():
@@ -95,8 +97,13 @@ def test_crd_memory_moves_towards_the_embeddings_and_stays_normalised():
     term, targets = make_crd()
     index = torch.tensor([3, 7])
     before = term.memory.memory_s[index].clone()
-    out = StepOutputs(torch.zeros(2, 4), targets[index], student_feats={"s": torch.randn(2, 5)},
-                      teacher_feats={"t": torch.randn(2, 7)}, index=index)  # fmt: skip
+    out = StepOutputs(
+        torch.zeros(2, 4),
+        targets[index],
+        student_feats={"s": torch.randn(2, 5)},
+        teacher_feats={"t": torch.randn(2, 7)},
+        index=index,
+    )
     loss = term(out)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
@@ -113,8 +120,9 @@ def test_crd_memory_moves_towards_the_embeddings_and_stays_normalised():
 
 def test_crd_needs_sample_indices():
     term, targets = make_crd()
-    out = StepOutputs(torch.zeros(2, 4), targets[:2], student_feats={"s": torch.randn(2, 5)},
-                      teacher_feats={"t": torch.randn(2, 7)})  # fmt: skip
+    out = StepOutputs(
+        torch.zeros(2, 4), targets[:2], student_feats={"s": torch.randn(2, 5)}, teacher_feats={"t": torch.randn(2, 7)}
+    )
     with pytest.raises(KdlabError, match="sample indices"):
         term(out)
 

@@ -29,28 +29,25 @@ def test_distill_run_writes_every_results_key(train):
     assert head == ("distill", "offline", "kd", "mnist1d", 0)
     t, s = on_disk["teacher"], on_disk["student"]
     assert (t["arch"], t["params"], s["arch"], s["params"]) == ("cnn1d", 5210, "mlp", 15210)
-    for x in (t["test_acc"], s["test_acc"], s["val_acc_best"], on_disk["fidelity"]["agreement"],
-              on_disk["calibration"]["ece"]):  # fmt: skip
+    for x in (
+        t["test_acc"],
+        s["test_acc"],
+        s["val_acc_best"],
+        on_disk["fidelity"]["agreement"],
+        on_disk["calibration"]["ece"],
+    ):
         check_fraction(x)
     assert on_disk["fidelity"]["kl"] >= 0
     assert on_disk["fidelity"]["retained"] == pytest.approx(s["test_acc"] / t["test_acc"], abs=1e-4)
     eff = on_disk["efficiency"]
-    assert (
-        eff["param_ratio"] == pytest.approx(15210 / 5210)
-        and eff["latency_ms"] > 0
-        and eff["teacher_latency_ms"] > 0
-    )
+    assert eff["param_ratio"] == pytest.approx(15210 / 5210) and eff["latency_ms"] > 0 and eff["teacher_latency_ms"] > 0
     assert eff["compression"] == pytest.approx(5210 / 15210, abs=1e-4)
     assert eff["speedup"] == pytest.approx(eff["teacher_latency_ms"] / eff["latency_ms"], rel=1e-2)
     assert eff["throughput"] == pytest.approx(256 / eff["latency_ms_b256"] * 1e3, rel=1e-2)
     assert t["size_mb"] == pytest.approx(5210 * 4 / 1e6) and s["size_mb"] == pytest.approx(15210 * 4 / 1e6)
     assert len(s["per_class_acc"]) == len(t["per_class_acc"]) == 10
     gaps, worst = on_disk["bias"]["per_class_gap"], on_disk["bias"]["worst_classes"]
-    assert (
-        len(worst) == 3
-        and worst[0]["gap"] == max(gaps)
-        and worst[0]["gap"] >= worst[1]["gap"] >= worst[2]["gap"]
-    )
+    assert len(worst) == 3 and worst[0]["gap"] == max(gaps) and worst[0]["gap"] >= worst[1]["gap"] >= worst[2]["gap"]
     assert on_disk["export"]["size_mb"] == pytest.approx(15210 * 4 / 1e6, rel=0.05)
     assert on_disk["wall_s"] > 0 and on_disk["overrides"] == ["distill=kd"] and on_disk["wandb"] is None
     checkpoints = r["_dir"] / "checkpoints"
@@ -112,9 +109,7 @@ def test_task_teacher_saves_a_checkpoint_that_distill_runs_load(train, cache_dir
 
 def test_timm_teacher_on_digits(train):
     r = train(["data=digits", "teacher.arch=resnet18", "student.arch=cnn_small", "distill=kd"])
-    assert (
-        r["data"] == "digits" and r["teacher"]["arch"] == "resnet18" and r["teacher"]["params"] > 11_000_000
-    )
+    assert r["data"] == "digits" and r["teacher"]["arch"] == "resnet18" and r["teacher"]["params"] > 11_000_000
     assert r["student"]["arch"] == "cnn_small"
 
 
@@ -175,9 +170,7 @@ def test_errors_are_one_clear_line(train, tmp_path, cache_dir):
         match=r"teacher checkpoint .*nope.safetensors not found; make one with `kdlab-train task=teacher",
     ):
         train([f"teacher.checkpoint={tmp_path / 'nope.safetensors'}"])
-    wrong = save_weights(
-        create_model("cnn1d", 100, (1, 40)), tmp_path / "c100.safetensors", "cnn1d", 100, (1, 40)
-    )
+    wrong = save_weights(create_model("cnn1d", 100, (1, 40)), tmp_path / "c100.safetensors", "cnn1d", 100, (1, 40))
     with pytest.raises(KdlabError, match="predicts 100 classes but the data has 10"):
         train([f"teacher.checkpoint={wrong}"])
     with pytest.raises(KdlabError, match="task=tutor is not one of distill, teacher"):
@@ -238,8 +231,9 @@ def test_exported_student_reproduces_the_runs_test_accuracy(train):
 
     r = train(["distill=fitnet", "export_onnx=true"])  # the student leaves its regressor and teacher behind
     config = json.loads((r["_dir"] / "student.json").read_text())
-    student = load_weights(r["_dir"] / "student.safetensors", config["arch"], config["num_classes"],
-                           config["input_shape"])  # fmt: skip
+    student = load_weights(
+        r["_dir"] / "student.safetensors", config["arch"], config["num_classes"], config["input_shape"]
+    )
     assert sum(p.numel() for p in student.parameters()) == r["student"]["params"] == 15210
     data = MNIST1D(**{k: v for k, v in config["data"].items() if k != "_target_"})
     logits, target = predict(student, data)

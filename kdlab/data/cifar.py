@@ -53,9 +53,7 @@ def read_cifar_batches(files: list[Path], label_key: str) -> tuple[Tensor, Tenso
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(entry[label_key])
         except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise KdlabError(
-                f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true"
-            ) from e
+            raise KdlabError(f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true") from e
     return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(ys, dtype=torch.long)
 
 

@@ -49,15 +49,11 @@ class ImageFolderData(KDDataModule):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         self.root = Path(root)
         if not self.root.is_dir():
-            raise KdlabError(
-                f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>"
-            )
+            raise KdlabError(f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>")
         self.train_dir = self.root / "train" if (self.root / "train").is_dir() else self.root
         self.classes = _classes(self.train_dir)
         if not self.classes:
-            raise KdlabError(
-                f"no class sub-folders in {self.train_dir}; expected {self.train_dir}/<class>/<image>"
-            )
+            raise KdlabError(f"no class sub-folders in {self.train_dir}; expected {self.train_dir}/<class>/<image>")
         for split in ("val", "test"):
             if (self.root / split).is_dir() and _classes(self.root / split) != self.classes:
                 raise KdlabError(

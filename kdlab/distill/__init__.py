@@ -10,8 +10,19 @@ from kdlab.distill.relation import CRD, PKT, RKD, SP
 from kdlab.distill.response import DIST, DKD, KD, CrossEntropy, MSELogits, TfKD
 
 __all__ = [
-    "Term", "FeatureTerm", "StepOutputs",
-    "CrossEntropy", "KD", "MSELogits", "DKD", "DIST", "TfKD",
-    "FitNet", "AT",
-    "SP", "PKT", "RKD", "CRD",
-]  # fmt: skip
+    "Term",
+    "FeatureTerm",
+    "StepOutputs",
+    "CrossEntropy",
+    "KD",
+    "MSELogits",
+    "DKD",
+    "DIST",
+    "TfKD",
+    "FitNet",
+    "AT",
+    "SP",
+    "PKT",
+    "RKD",
+    "CRD",
+]

@@ -72,15 +72,14 @@ class FeatureTerm(Term):
     (``default_taps``). Paired lists have equal length.
     """
 
-    def __init__(self, weight: float = 1.0, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self, weight: float = 1.0, student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None
+    ):
         super().__init__(weight)
         self.student_taps = list(student_taps or [])
         self.teacher_taps = list(teacher_taps or [])
 
-    def default_taps(
-        self, student_stages: list[str], teacher_stages: list[str]
-    ) -> tuple[list[str], list[str]]:
+    def default_taps(self, student_stages: list[str], teacher_stages: list[str]) -> tuple[list[str], list[str]]:
         raise NotImplementedError
 
     def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
@@ -98,9 +97,7 @@ class FeatureTerm(Term):
 
     def pairs(self, out: StepOutputs) -> list[tuple[Tensor, Tensor]]:
         """(student, teacher) feature pairs of this step, in tap order."""
-        return [
-            (out.student_feats[s], out.teacher_feats[t]) for s, t in zip(self.student_taps, self.teacher_taps)
-        ]
+        return [(out.student_feats[s], out.teacher_feats[t]) for s, t in zip(self.student_taps, self.teacher_taps)]
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, student_taps={self.student_taps}, teacher_taps={self.teacher_taps}"

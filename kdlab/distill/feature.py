@@ -35,12 +35,11 @@ def regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.
         elif all(a >= b for a, b in zip(s_sp, t_sp)):
             conv = CONV[dims](s_c, t_c, tuple(1 + a - b for a, b in zip(s_sp, t_sp)))
         else:
-            raise KdlabError(
-                f"FitNet cannot map student features {s} to teacher features {t}; tap other stages"
-            )
+            raise KdlabError(f"FitNet cannot map student features {s} to teacher features {t}; tap other stages")
         return nn.Sequential(conv, BN[dims](t_c), nn.ReLU())
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())),
-                         nn.Unflatten(1, t))  # fmt: skip
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())), nn.Unflatten(1, t)
+    )
 
 
 class FitNet(FeatureTerm):
@@ -48,8 +47,13 @@ class FitNet(FeatureTerm):
     regress the teacher's (trained jointly, as RepDistiller). Default taps: stage
     ``hint_stage`` (0-based) of each model's feature stages."""
 
-    def __init__(self, weight: float = 100.0, hint_stage: int = 1, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 100.0,
+        hint_stage: int = 1,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
         self.hint_stage = hint_stage
         self.regressors = nn.ModuleList()
@@ -78,8 +82,13 @@ class AT(FeatureTerm):
     """Zagoruyko & Komodakis (2017): attention maps of paired stages, summed over pairs (as
     RepDistiller). Default taps: the last min(n_student, n_teacher) feature stages of each."""
 
-    def __init__(self, weight: float = 1000.0, p: float = 2.0, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 1000.0,
+        p: float = 2.0,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
         self.p = p
 

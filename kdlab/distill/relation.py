@@ -19,8 +19,12 @@ from kdlab.models import PRE_LOGITS
 class SP(FeatureTerm):
     """Tung & Mori (2019): batch similarity (Gram) matrices of the last feature stage."""
 
-    def __init__(self, weight: float = 3000.0, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 3000.0,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
 
     def default_taps(self, student_stages, teacher_stages):
@@ -45,8 +49,12 @@ class EmbeddingTerm(FeatureTerm):
 class PKT(EmbeddingTerm):
     """Passalis & Tefas (2018): conditional probability distributions of cosine similarities."""
 
-    def __init__(self, weight: float = 30000.0, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 30000.0,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
 
     def loss(self, out: StepOutputs) -> Tensor:
@@ -56,8 +64,14 @@ class PKT(EmbeddingTerm):
 class RKD(EmbeddingTerm):
     """Park et al. (2019): distance- and angle-wise relations of the embeddings."""
 
-    def __init__(self, weight: float = 1.0, distance_weight: float = 25.0, angle_weight: float = 50.0,
-                 student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 1.0,
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
@@ -101,9 +115,7 @@ class ContrastMemory(nn.Module):
         self._apply_pending_update()
         # <memory[sample[i, k]], v[i]> as one (b, n) product and a gather: far cheaper than
         # gathering (b, 1 + K, d) memory rows when K is a sizeable fraction of n
-        scores_s = torch.exp(
-            (v_s @ self.memory_t.t().to(v_s.dtype)).gather(1, sample) / self.nce_t
-        )  # (b, 1+K)
+        scores_s = torch.exp((v_s @ self.memory_t.t().to(v_s.dtype)).gather(1, sample) / self.nce_t)  # (b, 1+K)
         scores_t = torch.exp((v_t @ self.memory_s.t().to(v_t.dtype)).gather(1, sample) / self.nce_t)
         if self.z[0] < 0:
             self.z.copy_(torch.stack([scores_s.mean(), scores_t.mean()]).detach() * self.n_data)
@@ -128,9 +140,16 @@ class CRD(EmbeddingTerm):
     contrasts a sample's positive pair against ``nce_k`` negatives drawn from other classes
     (the reference code's 'exact' mode). Needs ``(x, y, index)`` batches."""
 
-    def __init__(self, weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
-                 nce_m: float = 0.5, student_taps: Sequence[str] | None = None,
-                 teacher_taps: Sequence[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 0.8,
+        feat_dim: int = 128,
+        nce_k: int = 16384,
+        nce_t: float = 0.07,
+        nce_m: float = 0.5,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
         super().__init__(weight, student_taps, teacher_taps)
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = feat_dim, nce_k, nce_t, nce_m
         self.memory: ContrastMemory | None = None
@@ -138,9 +157,7 @@ class CRD(EmbeddingTerm):
     def select_taps(self, student, teacher):
         super().select_taps(student, teacher)
         if len(self.student_taps) != 1:
-            raise KdlabError(
-                f"CRD contrasts one feature pair, got taps {self.student_taps} / {self.teacher_taps}"
-            )
+            raise KdlabError(f"CRD contrasts one feature pair, got taps {self.student_taps} / {self.teacher_taps}")
 
     def build(self, student_feats, teacher_feats):
         s, t = student_feats[self.student_taps[0]], teacher_feats[self.teacher_taps[0]]
@@ -165,9 +182,7 @@ class CRD(EmbeddingTerm):
 
     def loss(self, out: StepOutputs) -> Tensor:
         if self.memory is None or out.index is None:
-            raise KdlabError(
-                "CRD needs its memory bank and sample indices: train it through a kdlab data module"
-            )
+            raise KdlabError("CRD needs its memory bank and sample indices: train it through a kdlab data module")
         ((fs, ft),) = self.pairs(out)
         v_s, v_t = self.embed_s(fs), self.embed_t(ft)
         scores_s, scores_t = self.memory(v_s, v_t, out.index, self.negatives(out.index, out.target))

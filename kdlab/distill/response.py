@@ -53,16 +53,23 @@ class DKD(Term):
     """Zhao et al. (2022): ``alpha`` TCKD + ``beta`` NCKD, ramped up linearly over the first
     ``warmup_epochs`` epochs (factor min((epoch + 1) / warmup, 1), as mdistiller's 1-based epochs)."""
 
-    def __init__(self, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup_epochs: int = 20):  # fmt: skip
+    def __init__(
+        self,
+        weight: float = 1.0,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: int = 20,
+    ):
         super().__init__(weight)
         self.alpha, self.beta, self.warmup_epochs = alpha, beta, warmup_epochs
         self.temperature = _check_temperature(temperature)
 
     def loss(self, out: StepOutputs) -> Tensor:
         ramp = min((out.epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
-        return ramp * dkd_loss(out.student_logits, out.teacher_logits, out.target, self.alpha, self.beta,
-                               self.temperature)  # fmt: skip
+        return ramp * dkd_loss(
+            out.student_logits, out.teacher_logits, out.target, self.alpha, self.beta, self.temperature
+        )
 
 
 class DIST(Term):

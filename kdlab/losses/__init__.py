@@ -9,7 +9,16 @@ from kdlab.losses.relation import crd_loss, pkt_loss, rkd_loss, sp_loss
 from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
 
 __all__ = [
-    "kd_loss", "mse_logits_loss", "dkd_loss", "dist_loss", "tf_kd_loss",
-    "hint_loss", "at_loss", "attention_map",
-    "rkd_loss", "sp_loss", "pkt_loss", "crd_loss",
-]  # fmt: skip
+    "kd_loss",
+    "mse_logits_loss",
+    "dkd_loss",
+    "dist_loss",
+    "tf_kd_loss",
+    "hint_loss",
+    "at_loss",
+    "attention_map",
+    "rkd_loss",
+    "sp_loss",
+    "pkt_loss",
+    "crd_loss",
+]

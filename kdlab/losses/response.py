@@ -48,8 +48,9 @@ def dkd_loss(
     log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)  # (b, c)
 
     def binary(log_p: Tensor) -> Tensor:  # log of (p_target, 1 - p_target), (b, 2)
-        return torch.stack([log_p.masked_fill(~gt, -torch.inf).logsumexp(-1),
-                            log_p.masked_fill(gt, -torch.inf).logsumexp(-1)], -1)  # fmt: skip
+        return torch.stack(
+            [log_p.masked_fill(~gt, -torch.inf).logsumexp(-1), log_p.masked_fill(gt, -torch.inf).logsumexp(-1)], -1
+        )
 
     log_bs, log_bt = binary(log_ps), binary(log_pt)
     tckd = (log_bt.exp() * (log_bt - log_bs)).sum(-1).mean()
@@ -67,9 +68,7 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + eps)
 
 
-def dist_loss(
-    student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, temperature: float
-) -> Tensor:
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, temperature: float) -> Tensor:
     """Knowledge Distillation from A Stronger Teacher (DIST; Huang, You, Wang, Qian & Xu, NeurIPS 2022).
 
     Matches relations instead of exact probabilities: ``beta`` times the inter-class term

@@ -5,5 +5,11 @@ from kdlab.models.factory import check_model, count_params, create_model
 from kdlab.models.taps import PRE_LOGITS, FeatureTaps, feature_stages, module_paths
 
 __all__ = [
-    "create_model", "check_model", "count_params", "FeatureTaps", "feature_stages", "module_paths", "PRE_LOGITS",
-]  # fmt: skip
+    "create_model",
+    "check_model",
+    "count_params",
+    "FeatureTaps",
+    "feature_stages",
+    "module_paths",
+    "PRE_LOGITS",
+]

@@ -119,9 +119,7 @@ class CifarResNet(_CifarNet):
 
     @staticmethod
     def _stage(cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(
-            *(BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n))
-        )
+        return nn.Sequential(*(BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)))
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -306,8 +304,15 @@ class MobileNetV2(_CifarNet):
     feature_taps = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
 
     #: (expansion, width, blocks, first stride) per stage; ``None`` means ``expand``.
-    SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
-               (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))  # fmt: skip
+    SETTING = (
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    )
 
     def __init__(
         self,
@@ -559,9 +564,7 @@ class ResNetBottleneck(_CifarNet):
         cin = 64
         for i, n in enumerate(depths):
             planes, stride = 64 * 2**i, 1 if i == 0 else 2
-            blocks = [
-                Bottleneck(cin if j == 0 else planes * 4, planes, stride if j == 0 else 1) for j in range(n)
-            ]
+            blocks = [Bottleneck(cin if j == 0 else planes * 4, planes, stride if j == 0 else 1) for j in range(n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = planes * 4
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -588,9 +591,7 @@ def _register(name: str, cls, doc: str, **defaults) -> None:
 
 _X1, _X4 = (16, 16, 32, 64), (32, 64, 128, 256)
 for _d in (8, 14, 20, 32, 44, 56, 110):
-    _register(
-        f"resnet{_d}", CifarResNet, f"CIFAR ResNet-{_d} (He et al. 2016; CRD/DKD zoo).", depth=_d, widths=_X1
-    )
+    _register(f"resnet{_d}", CifarResNet, f"CIFAR ResNet-{_d} (He et al. 2016; CRD/DKD zoo).", depth=_d, widths=_X1)
 for _d in (8, 32):
     _register(
         f"resnet{_d}x4",
@@ -608,11 +609,7 @@ for _d in VGG_CFGS:
         f"CIFAR VGG-{_d} with batch norm (RepDistiller vgg{_d}_bn; CRD/DKD zoo).",
         depth=_d,
     )
-_register(
-    "mobilenetv2", MobileNetV2, "MobileNetV2, width 0.5, for CIFAR (RepDistiller mobile_half; CRD/DKD zoo)."
-)
-_register(
-    "shufflenetv1", ShuffleNetV1, "ShuffleNet V1 (g=3) for CIFAR (RepDistiller ShuffleV1; CRD/DKD zoo)."
-)
+_register("mobilenetv2", MobileNetV2, "MobileNetV2, width 0.5, for CIFAR (RepDistiller mobile_half; CRD/DKD zoo).")
+_register("shufflenetv1", ShuffleNetV1, "ShuffleNet V1 (g=3) for CIFAR (RepDistiller ShuffleV1; CRD/DKD zoo).")
 _register("shufflenetv2", ShuffleNetV2, "ShuffleNet V2 1x for CIFAR (RepDistiller ShuffleV2; CRD/DKD zoo).")
 _register("resnet50_cifar", ResNetBottleneck, "ResNet50 for CIFAR (RepDistiller ResNet50; CRD/DKD zoo).")

@@ -18,22 +18,21 @@ class TeacherEnsemble(nn.Module):
     average of the logits. ``weights`` default to uniform and are normalised to sum 1.
     Feature methods can tap a member by path (``members.0.conv3``)."""
 
-    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None,
-                 combine: str = "probs", arch: str = "ensemble"):  # fmt: skip
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        weights: Sequence[float] | None = None,
+        combine: str = "probs",
+        arch: str = "ensemble",
+    ):
         super().__init__()
         if len(members) < 2:
             raise KdlabError(f"a teacher ensemble needs at least 2 members, got {len(members)}")
         if combine not in ("probs", "logits"):
             raise KdlabError(f"teacher.ensemble.combine={combine}: use probs or logits")
-        w = (
-            torch.ones(len(members))
-            if weights is None
-            else torch.as_tensor(list(weights), dtype=torch.float32)
-        )
+        w = torch.ones(len(members)) if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
         if w.shape != (len(members),) or (w < 0).any() or w.sum() <= 0:
-            raise KdlabError(
-                f"teacher.ensemble.weights={list(weights)}: give {len(members)} non-negative numbers"
-            )
+            raise KdlabError(f"teacher.ensemble.weights={list(weights)}: give {len(members)} non-negative numbers")
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", w / w.sum())
         self.combine, self.kdlab_arch = combine, arch

@@ -14,8 +14,16 @@ from kdlab.models.checkpoint import save_weights
 STUDENT_WEIGHTS, STUDENT_CONFIG, STUDENT_ONNX = "student.safetensors", "student.json", "student.onnx"
 
 
-def export_student(model: nn.Module, arch: str, kwargs: dict, num_classes: int, input_shape, out_dir: Path,
-                   data: dict, onnx: bool = False) -> dict:  # fmt: skip
+def export_student(
+    model: nn.Module,
+    arch: str,
+    kwargs: dict,
+    num_classes: int,
+    input_shape,
+    out_dir: Path,
+    data: dict,
+    onnx: bool = False,
+) -> dict:
     """Write ``student.safetensors`` (with the metadata ``load_weights`` needs), ``student.json``
     (arch, kwargs, classes, input shape and the data config whose preprocessing the inputs
     need) and, with ``onnx``, ``student.onnx`` (dynamic batch). Returns what results.json records."""
@@ -42,6 +50,14 @@ def export_onnx(model: nn.Module, input_shape, path: Path) -> Path:
     except ImportError as e:
         raise KdlabError("ONNX export needs onnx and onnxscript: pip install -e '.[onnx]'") from e
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(model, (torch.zeros(2, *input_shape),), str(path), input_names=["x"], output_names=["logits"],
-                      dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, *input_shape),),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
     return path

@@ -100,7 +100,5 @@ def _classifier(model: nn.Module, owner: str) -> nn.Module:
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
     if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
-        raise KdlabError(
-            f"{owner} has no classifier module to tap '{PRE_LOGITS}' at; name a module path instead"
-        )
+        raise KdlabError(f"{owner} has no classifier module to tap '{PRE_LOGITS}' at; name a module path instead")
     return head

@@ -103,9 +103,7 @@ class CNN1D(ClassifierMixin, nn.Module):
 
     feature_taps = ("conv1", "conv2", "conv3")
 
-    def __init__(
-        self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,), channels: int = 25
-    ):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,), channels: int = 25):
         super().__init__()
         if len(input_size) != 1:
             raise ValueError(f"cnn1d takes 1-D sequences, got input size {tuple(input_size)}")

@@ -12,6 +12,17 @@ from kdlab.report.results import (
 from kdlab.report.summary import print_summary
 
 __all__ = [
-    "accuracy", "agreement", "expected_calibration_error", "latency_ms", "mean_kl", "predict",
-    "REQUIRED_KEYS", "RESULTS_FILE", "evaluate", "finite_or_null", "read_results", "write_results", "print_summary",
-]  # fmt: skip
+    "accuracy",
+    "agreement",
+    "expected_calibration_error",
+    "latency_ms",
+    "mean_kl",
+    "predict",
+    "REQUIRED_KEYS",
+    "RESULTS_FILE",
+    "evaluate",
+    "finite_or_null",
+    "read_results",
+    "write_results",
+    "print_summary",
+]

@@ -31,13 +31,32 @@ from kdlab.report.results import RESULTS_FILE
 
 DEFAULT_BY = "data,strategy,method,student.arch"
 COLUMNS = (
-    "student.test_acc", "student.test_acc_best_val", "published.method_acc", "published.student_acc",
-    "teacher.test_acc", "published.teacher_acc", "fidelity.retained", "fidelity.agreement", "fidelity.kl",
-    "calibration.ece", "student.params", "efficiency.compression", "efficiency.latency_ms", "efficiency.speedup",
-)  # fmt: skip
+    "student.test_acc",
+    "student.test_acc_best_val",
+    "published.method_acc",
+    "published.student_acc",
+    "teacher.test_acc",
+    "published.teacher_acc",
+    "fidelity.retained",
+    "fidelity.agreement",
+    "fidelity.kl",
+    "calibration.ece",
+    "student.params",
+    "efficiency.compression",
+    "efficiency.latency_ms",
+    "efficiency.speedup",
+)
 #: The columns of the terminal table (comparison.csv and --format markdown have them all).
-SHORT = ("student.test_acc", "published.method_acc", "published.student_acc", "teacher.test_acc",
-         "fidelity.agreement", "calibration.ece", "student.params", "efficiency.latency_ms")  # fmt: skip
+SHORT = (
+    "student.test_acc",
+    "published.method_acc",
+    "published.student_acc",
+    "teacher.test_acc",
+    "fidelity.agreement",
+    "calibration.ece",
+    "student.params",
+    "efficiency.latency_ms",
+)
 PERCENT = ("acc", "agreement", "retained", "ece")
 
 
@@ -79,9 +98,7 @@ def group(records: list[dict], by: list[str]) -> dict[tuple, list[dict]]:
 
 
 def mean_std(values: list) -> tuple[float | None, float | None]:
-    values = [
-        v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    ]
+    values = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -127,22 +144,19 @@ def markdown(rows: list[dict], by: list[str], columns: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = (
-            [str(row[k]) for k in by]
-            + [str(row["n"])]
-            + [fmt(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
+            [str(row[k]) for k in by] + [str(row["n"])] + [fmt(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def has_per_class(records: list[dict]) -> bool:
-    return all((r.get("student") or {}).get("per_class_acc") and (r.get("teacher") or {}).get("per_class_acc")
-               for r in records)  # fmt: skip
+    return all(
+        (r.get("student") or {}).get("per_class_acc") and (r.get("teacher") or {}).get("per_class_acc") for r in records
+    )
 
 
-def plot(
-    groups: dict[tuple, list[dict]], rows: list[dict], by: list[str], metric: str, out: Path
-) -> list[Path]:
+def plot(groups: dict[tuple, list[dict]], rows: list[dict], by: list[str], metric: str, out: Path) -> list[Path]:
     """accuracy_vs_params.png, accuracy_by_group.png, per_class.png (what the data allows)."""
     import matplotlib
 
@@ -151,8 +165,11 @@ def plot(
 
     written = []
     # 1. metric against student parameters, the Pareto front, and the teachers
-    points = [(row["student.params_mean"], row[f"{metric}_mean"], row[f"{metric}_std"], label(row, by))
-              for row in rows if row["student.params_mean"] and row[f"{metric}_mean"] is not None]  # fmt: skip
+    points = [
+        (row["student.params_mean"], row[f"{metric}_mean"], row[f"{metric}_std"], label(row, by))
+        for row in rows
+        if row["student.params_mean"] and row[f"{metric}_mean"] is not None
+    ]
     if points:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for x, y, err, name in points:
@@ -164,8 +181,12 @@ def plot(
                 front.append((x, y))
                 best = y
         ax.step(*zip(*front), where="post", color="tab:green", label="Pareto front")
-        teachers = {(r["teacher"]["arch"], r["teacher"]["params"]): r["teacher"]["test_acc"]
-                    for rs in groups.values() for r in rs if r.get("teacher")}  # fmt: skip
+        teachers = {
+            (r["teacher"]["arch"], r["teacher"]["params"]): r["teacher"]["test_acc"]
+            for rs in groups.values()
+            for r in rs
+            if r.get("teacher")
+        }
         for (arch, params), acc in teachers.items():
             ax.scatter(params, acc, marker="*", s=160, color="tab:red", zorder=3, label=f"teacher {arch}")
         ax.set_xscale("log")
@@ -181,8 +202,13 @@ def plot(
     ranked = sorted((r for r in rows if r[f"{metric}_mean"] is not None), key=lambda r: r[f"{metric}_mean"])
     if ranked:
         fig, ax = plt.subplots(figsize=(7, 0.4 * len(ranked) + 1.5))
-        ax.barh([label(r, by) for r in ranked], [r[f"{metric}_mean"] for r in ranked],
-                xerr=[r[f"{metric}_std"] for r in ranked], capsize=3, color="tab:blue")  # fmt: skip
+        ax.barh(
+            [label(r, by) for r in ranked],
+            [r[f"{metric}_mean"] for r in ranked],
+            xerr=[r[f"{metric}_std"] for r in ranked],
+            capsize=3,
+            color="tab:blue",
+        )
         ax.set_xlabel(f"{metric} (mean ± std, n per bar in comparison.csv)")
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
@@ -200,9 +226,7 @@ def plot(
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * n + 2), 4))
         xs = range(n)
         ax.bar([x - 0.2 for x in xs], t_mean, width=0.4, label="teacher", color="tab:red")
-        ax.bar(
-            [x + 0.2 for x in xs], s_mean, width=0.4, label=f"student ({label(best, by)})", color="tab:blue"
-        )
+        ax.bar([x + 0.2 for x in xs], s_mean, width=0.4, label=f"student ({label(best, by)})", color="tab:blue")
         ax.set_xlabel("class")
         ax.set_ylabel("test accuracy")
         ax.set_xticks(list(xs)[:: max(1, n // 20)])
@@ -228,31 +252,46 @@ def from_wandb(path: str) -> list[dict]:
     for run in wandb.Api().runs(path):
         cfg, summary = dict(run.config), dict(run.summary)
         tag = {t.split(":", 1)[0]: t.split(":", 1)[1] for t in run.tags if ":" in t}
-        student = {"arch": get(cfg, "student.arch"), "params": summary.get("params/student"),
-                   "test_acc": summary.get("test/student_acc")}  # fmt: skip
-        teacher = {"arch": get(cfg, "teacher.arch"), "params": summary.get("params/teacher"),
-                   "test_acc": summary.get("test/teacher_acc")} if "test/teacher_acc" in summary else None  # fmt: skip
-        records.append({
-            "task": cfg.get("task"), "strategy": tag.get("strategy"), "method": get(cfg, "distill.name"),
-            "data": tag.get("data"), "seed": cfg.get("seed"), "student": student if student["test_acc"] is not None else None,
-            "teacher": teacher, "fidelity": section(summary, "fidelity"), "calibration": section(summary, "calibration"),
-            "efficiency": section(summary, "efficiency"), "_path": f"wandb:{path}/{run.id}",
-        })  # fmt: skip
+        student = {
+            "arch": get(cfg, "student.arch"),
+            "params": summary.get("params/student"),
+            "test_acc": summary.get("test/student_acc"),
+        }
+        teacher = (
+            {
+                "arch": get(cfg, "teacher.arch"),
+                "params": summary.get("params/teacher"),
+                "test_acc": summary.get("test/teacher_acc"),
+            }
+            if "test/teacher_acc" in summary
+            else None
+        )
+        records.append(
+            {
+                "task": cfg.get("task"),
+                "strategy": tag.get("strategy"),
+                "method": get(cfg, "distill.name"),
+                "data": tag.get("data"),
+                "seed": cfg.get("seed"),
+                "student": student if student["test_acc"] is not None else None,
+                "teacher": teacher,
+                "fidelity": section(summary, "fidelity"),
+                "calibration": section(summary, "calibration"),
+                "efficiency": section(summary, "efficiency"),
+                "_path": f"wandb:{path}/{run.id}",
+            }
+        )
     return [r for r in records if r["student"] or r["teacher"]]
 
 
 def compare(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="kdlab-compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="folders (or results.json files) to search")
-    parser.add_argument(
-        "--by", default=DEFAULT_BY, help=f"comma-separated keys to group by (default {DEFAULT_BY})"
-    )
+    parser.add_argument("--by", default=DEFAULT_BY, help=f"comma-separated keys to group by (default {DEFAULT_BY})")
     parser.add_argument("--metric", default="student.test_acc", help="the column to rank and plot")
     parser.add_argument("--format", choices=("table", "markdown"), default="table")
     parser.add_argument("--out", help="where comparison.csv and the plots go (default: the first path)")
-    parser.add_argument(
-        "--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of (or besides) paths"
-    )
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of (or besides) paths")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise KdlabError("give folders with results.json files, or --wandb ENTITY/PROJECT")
@@ -280,16 +319,19 @@ def compare(argv: list[str] | None = None) -> list[dict]:
     if args.format == "markdown":
         print(markdown(rows, by, filled))
     else:
-        table = Table(title=f"{len(records)} runs in {len(rows)} groups (mean ± std over seeds; accuracies in %)",
-                      title_justify="left")  # fmt: skip
+        table = Table(
+            title=f"{len(records)} runs in {len(rows)} groups (mean ± std over seeds; accuracies in %)",
+            title_justify="left",
+        )
         shown = [c for c in [args.metric, *[c for c in SHORT if c != args.metric]] if c in filled]
         for col in [*by, "n", *shown]:
             table.add_column(
                 col.split(".", 1)[1] if col.startswith(("efficiency.", "fidelity.", "calibration.")) else col
             )
         for row in rows:
-            table.add_row(*[str(row[k]) for k in by], str(row["n"]),
-                          *[fmt(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in shown])  # fmt: skip
+            table.add_row(
+                *[str(row[k]) for k in by], str(row["n"]), *[fmt(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in shown]
+            )
         console.print(table)
     console.print(f"written: {csv_path}, " + ", ".join(str(p) for p in pngs), style="dim")
     return rows

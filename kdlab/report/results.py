@@ -25,9 +25,21 @@ from kdlab.report.metrics import (
 RESULTS_FILE = "results.json"
 #: Keys every results.json has (see DESIGN.md); more may follow them.
 REQUIRED_KEYS = (
-    "task", "strategy", "method", "data", "seed", "teacher", "student", "fidelity", "bias",
-    "calibration", "efficiency", "wall_s", "overrides", "wandb",
-)  # fmt: skip
+    "task",
+    "strategy",
+    "method",
+    "data",
+    "seed",
+    "teacher",
+    "student",
+    "fidelity",
+    "bias",
+    "calibration",
+    "efficiency",
+    "wall_s",
+    "overrides",
+    "wandb",
+)
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:
@@ -77,7 +89,7 @@ def bias_transfer(student: dict | None, teacher: dict | None, worst: int = 3) ->
                 "gap": g,
             }
             for g, c in ranked
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -118,9 +130,7 @@ def evaluate(
             "teacher_latency_ms_b256": t_speed["b256"],
             "throughput": s_speed["throughput"],
             "teacher_throughput": t_speed["throughput"],
-            "compression": ratio(t["params"], s["params"])
-            if both
-            else None,  # teacher params / student params
+            "compression": ratio(t["params"], s["params"]) if both else None,  # teacher params / student params
             "speedup": ratio(t_speed["b1"], s_speed["b1"]),  # teacher latency / student latency, batch 1
             "speedup_b256": ratio(t_speed["b256"], s_speed["b256"]),
         },

@@ -36,15 +36,25 @@ def print_summary(results: dict, results_path, console: Console | None = None) -
     ):
         table.add_column(col, justify="left" if col in ("model", "arch") else "right")
     eff = results["efficiency"]
-    speed = {"teacher": (eff.get("teacher_latency_ms"), eff.get("teacher_throughput")),
-             "student": (eff.get("latency_ms"), eff.get("throughput"))}  # fmt: skip
+    speed = {
+        "teacher": (eff.get("teacher_latency_ms"), eff.get("teacher_throughput")),
+        "student": (eff.get("latency_ms"), eff.get("throughput")),
+    }
     for role in ("teacher", "student"):
         r = results.get(role)
         if r:
             latency, throughput = speed[role]
-            table.add_row(role, r["arch"], _num(r["params"]), _num(r.get("size_mb"), "{:.3g}"), _pct(r["test_acc"]),
-                          _pct(r.get("val_acc_best")), _num(r.get("ece"), "{:.3f}"), _num(latency, "{:.2f}"),
-                          _num(throughput, "{:,.0f}"))  # fmt: skip
+            table.add_row(
+                role,
+                r["arch"],
+                _num(r["params"]),
+                _num(r.get("size_mb"), "{:.3g}"),
+                _pct(r["test_acc"]),
+                _pct(r.get("val_acc_best")),
+                _num(r.get("ece"), "{:.3f}"),
+                _num(latency, "{:.2f}"),
+                _num(throughput, "{:,.0f}"),
+            )
     console.print(table)
     fid = results.get("fidelity")
     if fid:
@@ -59,8 +69,10 @@ def print_summary(results: dict, results_path, console: Console | None = None) -
         console.print(f"classes where the student trails the teacher most (points): {worst}")
     export = results.get("export")
     if export:
-        console.print(f"student exported: {export['safetensors']} ({export['size_mb']:.3g} MB)"
-                      + (f", {export['onnx']}" if export.get("onnx") else ""))  # fmt: skip
+        console.print(
+            f"student exported: {export['safetensors']} ({export['size_mb']:.3g} MB)"
+            + (f", {export['onnx']}" if export.get("onnx") else "")
+        )
     console.print(f"wall {results['wall_s']:.1f} s; results: {results_path}")
     wandb = results.get("wandb")
     if wandb:

@@ -43,9 +43,7 @@ def check_finite(loss: Tensor, parts: Mapping[str, Tensor], epoch: int, step: in
 
 
 @torch.no_grad()
-def probe(
-    model: nn.Module, taps: FeatureTaps, input_shape: Sequence[int]
-) -> tuple[Tensor, dict[str, Tensor]]:
+def probe(model: nn.Module, taps: FeatureTaps, input_shape: Sequence[int]) -> tuple[Tensor, dict[str, Tensor]]:
     """(logits, tapped features) of one dummy batch of two, in eval mode: the shapes learnable parts are built from."""
     was_training = model.training
     model.eval()

@@ -24,6 +24,4 @@ class BornAgain:
 
     def __post_init__(self):
         if self.generations < 2:
-            raise KdlabError(
-                f"strategy.generations={self.generations}: Born-Again needs at least 2 generations"
-            )
+            raise KdlabError(f"strategy.generations={self.generations}: Born-Again needs at least 2 generations")

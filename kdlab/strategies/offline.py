@@ -56,9 +56,7 @@ class OfflineDistillation(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         for term in self.terms.values():
             term.select_taps(self.student, self.teacher)
-        self.student_taps = FeatureTaps(
-            student, [p for t in terms.values() for p in t.student_taps], "student"
-        )
+        self.student_taps = FeatureTaps(student, [p for t in terms.values() for p in t.student_taps], "student")
         self.teacher_taps = (
             FeatureTaps(self.teacher, [p for t in terms.values() for p in t.teacher_taps], "teacher")
             if self.teacher is not None
@@ -94,9 +92,7 @@ class OfflineDistillation(pl.LightningModule):
     def step_outputs(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> StepOutputs:
         """Student forward (with grad) and teacher forward (without), with their taps."""
         logits = self.student(x)
-        out = StepOutputs(
-            logits, y, student_feats=self.student_taps.pop(), index=index, epoch=self.current_epoch
-        )
+        out = StepOutputs(logits, y, student_feats=self.student_taps.pop(), index=index, epoch=self.current_epoch)
         if self.teacher is not None:
             with torch.no_grad():
                 out.teacher_logits = self.teacher(x)

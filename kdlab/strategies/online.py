@@ -132,8 +132,12 @@ class OnlineDistillation(pl.LightningModule):
         x, y, *rest = batch
         totals, parts, logits = self.peer_losses(x, y, rest[0] if rest else None)
         loss = torch.stack(totals).sum()  # each peer's loss reaches only its own parameters
-        check_finite(loss, {f"peer{i}/{k}": v for i, p in enumerate(parts) for k, v in p.items()},
-                     self.current_epoch, self.global_step)  # fmt: skip
+        check_finite(
+            loss,
+            {f"peer{i}/{k}": v for i, p in enumerate(parts) for k, v in p.items()},
+            self.current_epoch,
+            self.global_step,
+        )
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:

@@ -74,22 +74,16 @@ class SelfDistillation(pl.LightningModule):
     ):
         super().__init__()
         if any(isinstance(t, FeatureTerm) for t in terms.values()):
-            raise KdlabError(
-                "self-distillation takes response terms (kd, dkd, dist, ...); use a response method"
-            )
+            raise KdlabError("self-distillation takes response terms (kd, dkd, dist, ...); use a response method")
         self.student = student
         self.terms = nn.ModuleDict(dict(terms))
         self.head_paths = list(heads) if heads else feature_stages(student, "student")[:-1]
         if not self.head_paths:
-            raise KdlabError(
-                "self-distillation needs at least one intermediate stage for a head: set strategy.heads"
-            )
+            raise KdlabError("self-distillation needs at least one intermediate stage for a head: set strategy.heads")
         self.taps = FeatureTaps(student, [*self.head_paths, PRE_LOGITS], "student")
         _, feats = probe(student, self.taps, input_shape)
         embed_dim = feats[PRE_LOGITS][0].numel()
-        self.heads = nn.ModuleList(
-            AuxHead(feats[p].shape[1:], embed_dim, num_classes) for p in self.head_paths
-        )
+        self.heads = nn.ModuleList(AuxHead(feats[p].shape[1:], embed_dim, num_classes) for p in self.head_paths)
         self.feature_weight = feature_weight
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_acc = nn.ModuleList(
@@ -116,18 +110,14 @@ class SelfDistillation(pl.LightningModule):
         hint = []
         for path, head in zip(self.head_paths, self.heads):
             head_logits, embed = head(feats[path])
-            out = StepOutputs(
-                head_logits, y, teacher_logits=logits.detach(), index=index, epoch=self.current_epoch
-            )
+            out = StepOutputs(head_logits, y, teacher_logits=logits.detach(), index=index, epoch=self.current_epoch)
             for n, t in self.terms.items():
                 losses[f"loss_{n}"] = losses.get(f"loss_{n}", 0.0) + t(out)
             hint.append(hint_loss(embed, deep_embed))
         losses["loss_hint"] = self.feature_weight * torch.stack(hint).sum()
         loss = torch.stack(list(losses.values())).sum()
         check_finite(loss, losses, self.current_epoch, self.global_step)
-        self.train_means.add(
-            {"loss": loss, **losses, "acc": (logits.detach().argmax(-1) == y).float().mean()}, len(y)
-        )
+        self.train_means.add({"loss": loss, **losses, "acc": (logits.detach().argmax(-1) == y).float().mean()}, len(y))
         return loss
 
     def on_train_epoch_end(self) -> None:

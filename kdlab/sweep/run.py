@@ -80,13 +80,14 @@ def make_storage(url: str, retries: int) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=30,
+            grace_period=120,
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None,
-        )  # fmt: skip
+        )
     except Exception as e:
-        raise KdlabError(
-            f"cannot open sweep storage {url} ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from e
+        raise KdlabError(f"cannot open sweep storage {url} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
 def make_study(cfg: DictConfig, storage, worker: int | None) -> optuna.Study:
@@ -100,9 +101,7 @@ def make_study(cfg: DictConfig, storage, worker: int | None) -> optuna.Study:
     sampler = instantiate(sampler_cfg)
     pruner = instantiate(s.pruner) if s.pruner else optuna.pruners.NopPruner()
     try:
-        optuna.create_study(
-            storage=storage, study_name=s.study_name, direction=s.direction, load_if_exists=True
-        )
+        optuna.create_study(storage=storage, study_name=s.study_name, direction=s.direction, load_if_exists=True)
     except optuna.exceptions.DuplicatedStudyError:
         pass  # another worker created it between our check and our insert
     study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner)
@@ -113,9 +112,7 @@ def make_study(cfg: DictConfig, storage, worker: int | None) -> optuna.Study:
     return study
 
 
-def objective(
-    cfg: DictConfig, space: list[Param], base_overrides: list[str], study_dir: Path, worker: int | None
-):
+def objective(cfg: DictConfig, space: list[Param], base_overrides: list[str], study_dir: Path, worker: int | None):
     s = cfg.sweep
     uses_wandb = "wandb" in (cfg.logger or {})
 
@@ -131,23 +128,28 @@ def objective(
         history = MetricHistory(s.metric)
         try:
             results = train_run(
-                trial_cfg, out_dir, [*base_overrides, *trial_overrides],
+                trial_cfg,
+                out_dir,
+                [*base_overrides, *trial_overrides],
                 callbacks=[PyTorchLightningPruningCallback(trial, monitor=s.metric), history],
-                tags=[f"study:{s.study_name}", f"trial:{trial.number}"], summary=False,
-            )  # fmt: skip
+                tags=[f"study:{s.study_name}", f"trial:{trial.number}"],
+                summary=False,
+            )
         except optuna.TrialPruned:
-            print(f"trial {trial.number}: pruned after {len(history.values)} epoch(s): {' '.join(trial_overrides)}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"trial {trial.number}: pruned after {len(history.values)} epoch(s): {' '.join(trial_overrides)}",
+                file=sys.stderr,
+            )
             raise
         if not history.values:
-            raise KdlabError(
-                f"sweep.metric={s.metric} was never logged; monitor a logged metric such as val/acc"
-            )
+            raise KdlabError(f"sweep.metric={s.metric} was never logged; monitor a logged metric such as val/acc")
         value = max(history.values) if s.direction == "maximize" else min(history.values)
         test_acc = results["student"]["test_acc"] if results.get("student") else None
         trial.set_user_attr("test_acc", test_acc)
-        print(f"trial {trial.number}: {s.metric} {value:.4f}, test acc {test_acc}: {' '.join(trial_overrides)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"trial {trial.number}: {s.metric} {value:.4f}, test acc {test_acc}: {' '.join(trial_overrides)}",
+            file=sys.stderr,
+        )
         return value
 
     return run_trial
@@ -158,9 +160,7 @@ def best_command(cfg: DictConfig, base_overrides: list[str], study: optuna.Study
     return " ".join(["kdlab-train", *keep, *study.best_trial.user_attrs.get("overrides", [])])
 
 
-def summarize(
-    cfg: DictConfig, study: optuna.Study, base_overrides: list[str], study_dir: Path, wall_s: float
-) -> None:
+def summarize(cfg: DictConfig, study: optuna.Study, base_overrides: list[str], study_dir: Path, wall_s: float) -> None:
     s = cfg.sweep
     counts = {state.name.lower(): sum(t.state == state for t in study.trials) for state in FINISHED}
     console = Console(soft_wrap=True)
@@ -173,13 +173,19 @@ def summarize(
         "test acc",
     ):
         table.add_column(col)
-    for t in sorted(
-        study.trials, key=lambda t: -(t.value or -1e9) if s.direction == "maximize" else (t.value or 1e9)
-    )[:10]:
-        table.add_row(str(t.number), t.state.name.lower(), "-" if t.value is None else f"{t.value:.4f}",
-                      *[f"{t.params.get(k, '-'):.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))
-                        for k in s.params],
-                      "-" if t.user_attrs.get("test_acc") is None else f"{t.user_attrs['test_acc']:.4f}")  # fmt: skip
+    for t in sorted(study.trials, key=lambda t: -(t.value or -1e9) if s.direction == "maximize" else (t.value or 1e9))[
+        :10
+    ]:
+        table.add_row(
+            str(t.number),
+            t.state.name.lower(),
+            "-" if t.value is None else f"{t.value:.4f}",
+            *[
+                f"{t.params.get(k, '-'):.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))
+                for k in s.params
+            ],
+            "-" if t.user_attrs.get("test_acc") is None else f"{t.user_attrs['test_acc']:.4f}",
+        )
     console.print(table)
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not completed:
@@ -187,9 +193,18 @@ def summarize(
         return
     best = study.best_trial
     command = best_command(cfg, base_overrides, study)
-    record = {"study": s.study_name, "metric": s.metric, "direction": s.direction, "best_value": best.value,
-              "best_trial": best.number, "best_params": best.params, "command": command,
-              "run_dir": best.user_attrs.get("run_dir"), "trials": counts, "wall_s": round(wall_s, 1)}  # fmt: skip
+    record = {
+        "study": s.study_name,
+        "metric": s.metric,
+        "direction": s.direction,
+        "best_value": best.value,
+        "best_trial": best.number,
+        "best_params": best.params,
+        "command": command,
+        "run_dir": best.user_attrs.get("run_dir"),
+        "trials": counts,
+        "wall_s": round(wall_s, 1),
+    }
     (study_dir / "best.json").write_text(json.dumps(record, indent=2) + "\n")
     (study_dir / "best_command.txt").write_text(command + "\n")
     console.print(f"best trial {best.number}: {s.metric} {best.value:.4f} with {best.params}")
@@ -241,23 +256,36 @@ def sweep(argv: list[str]) -> optuna.Study:
     if spawning:  # the n_jobs workers share this command's n_trials through the study's count
         target = len([t for t in study.trials if t.state in FINISHED]) + int(s.n_trials)
         first = worker or 0
-        children = [subprocess.Popen([sys.executable, "-m", "kdlab.sweep", *overrides, f"--worker={first + i}",
-                                      f"--target={target}"]) for i in range(1, n_jobs)]  # fmt: skip
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "kdlab.sweep", *overrides, f"--worker={first + i}", f"--target={target}"]
+            )
+            for i in range(1, n_jobs)
+        ]
     print(
         f"study {s.study_name} ({len(study.trials)} trials so far) in {url}; {n_jobs} worker(s)",
         file=sys.stderr,
     )
     callbacks = [optuna.study.MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
     study.optimize(
-        objective(cfg, space, overrides, study_dir, worker), n_trials=None if target is not None else int(s.n_trials),
-        timeout=s.timeout, catch=(Exception,), callbacks=callbacks, gc_after_trial=True,
-    )  # fmt: skip
+        objective(cfg, space, overrides, study_dir, worker),
+        n_trials=None if target is not None else int(s.n_trials),
+        timeout=s.timeout,
+        catch=(Exception,),
+        callbacks=callbacks,
+        gc_after_trial=True,
+    )
     failed = [child.wait() for child in children]
     if any(failed):
         log.warning(f"{sum(1 for rc in failed if rc)} worker process(es) exited with an error")
     if flags["worker"] is None:
-        summarize(cfg, optuna.load_study(study_name=s.study_name, storage=storage), overrides, study_dir,
-                  time.perf_counter() - start)  # fmt: skip
+        summarize(
+            cfg,
+            optuna.load_study(study_name=s.study_name, storage=storage),
+            overrides,
+            study_dir,
+            time.perf_counter() - start,
+        )
     return study
 
 

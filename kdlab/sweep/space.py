@@ -39,9 +39,7 @@ class Param:
         if self.type == "float":
             return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(
-                self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.key, list(self.choices))
 
     def override(self, value: Any) -> str:
@@ -67,31 +65,23 @@ def config_groups() -> list[str]:
 def parse_space(params: Mapping, cfg: DictConfig) -> list[Param]:
     """Check ``sweep.params`` against the composed config; one clear error per mistake."""
     if not params:
-        raise KdlabError(
-            "sweep.params is empty; give at least one key to search, e.g. distill.terms.kd.temperature"
-        )
+        raise KdlabError("sweep.params is empty; give at least one key to search, e.g. distill.terms.kd.temperature")
     keys = [k for k in config_keys(cfg) if not k.startswith(("sweep", "hydra", "paths"))]
     groups = config_groups()
     space = []
     for key, spec in params.items():
-        spec = (
-            OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig | ListConfig) else spec
-        )
+        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig | ListConfig) else spec
         where = f"sweep.params.{key}"
         if not isinstance(spec, dict) or spec.get("type") not in TYPES:
             raise KdlabError(f"{where}: give {{type: float|int|categorical, ...}}, got {spec}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
         if unknown:
-            raise KdlabError(
-                f"{where}: unknown setting(s) {sorted(unknown)}; use low, high, log, step or choices"
-            )
+            raise KdlabError(f"{where}: unknown setting(s) {sorted(unknown)}; use low, high, log, step or choices")
         is_group = key in groups
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not is_group:
             raise KdlabError(f"{where}: no config key '{key}'{did_you_mean(key, keys)}")
         if is_group and spec["type"] != "categorical":
-            raise KdlabError(
-                f"{where}: '{key}' is a config group; search it with type: categorical, choices: [...]"
-            )
+            raise KdlabError(f"{where}: '{key}' is a config group; search it with type: categorical, choices: [...]")
         if spec["type"] == "categorical":
             choices = spec.get("choices")
             if not choices:
