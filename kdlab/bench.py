@@ -48,9 +48,9 @@ WARMUP = 3
 
 
 def compose(recipe: str, overrides: list[str]):
-    from kdlab.sweep.run import compose_train
+    from kdlab.config import compose as compose_config
 
-    return compose_train([f"experiments={recipe}", *overrides])
+    return compose_config([f"experiments={recipe}", *overrides])[0]
 
 
 def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
@@ -65,7 +65,7 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
     teacher = create_model(cfg.teacher.arch, classes, shape).to(device).eval().requires_grad_(False)
     student = create_model(cfg.student.arch, classes, shape).to(device).train()
     opt = instantiate(cfg.student.optimizer)(student.parameters())
-    terms = cfg.distill.terms
+    terms = cfg.method.terms
     taps = None
     if "at" in terms:  # the stage pairs kdlab's AT term picks; the loss itself is written out below
         at = instantiate(terms.at)

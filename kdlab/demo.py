@@ -20,7 +20,7 @@ from kdlab.report import read_results
 
 RUNS = [
     ("teacher", ["task=teacher"]),  # trains the 1-D CNN teacher and caches it
-    ("baseline", ["distill=none"]),  # the MLP student alone
+    ("baseline", ["method=none"]),  # the MLP student alone
     ("kd", []),  # the embedded default: the MLP student distilled from the cached teacher
 ]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 
 class KdlabError(Exception):
@@ -17,3 +19,13 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
     if not close:  # substring matches help for long, prefixed names (timm's)
         close = [c for c in choices if name.lower() in c.lower()][:n]
     return f" (closest: {', '.join(close)})" if close else ""
+
+
+@contextmanager
+def one_line_errors(prog: str):
+    """The body of a command-line tool: a ``KdlabError`` ends it with ``<prog>: error: ...`` on stderr, exit code 1."""
+    try:
+        yield
+    except KdlabError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,9 +1,10 @@
-"""Where an offline teacher comes from, and the cache that lets every run reuse a trained one.
+"""Where an offline teacher comes from, the cache that lets every run reuse a trained one, and
+``task=teacher`` (``TeacherTraining``: train the teacher of ``conf/teacher`` and cache it).
 
-``get_teacher(cfg, data)`` is the entry point.
+``get_teacher(run)`` is the entry point (``RunContext.teacher()`` calls it).
 
 In order: ``teacher.checkpoint`` (a file you give), else the cached teacher whose key matches
-this config, else kdlab trains it on demand (``kdlab/train.py``) and stores it under that
+this config, else kdlab trains it on demand with its own recipe and stores it under that
 key. The key hashes what determines the trained weights: arch and its kwargs, pretrained
 starting point, data (minus batch size, workers and paths), recipe (epochs, batch size,
 optimizer, scheduler) and the teacher's seed. A file lock makes concurrent runs (sweep
@@ -16,21 +17,25 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 from filelock import FileLock
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdlab.distill import CrossEntropy
+from kdlab.config import instantiate
 from kdlab.errors import KdlabError
-from kdlab.models import create_model
+from kdlab.methods import CrossEntropy
 from kdlab.models.checkpoint import load_weights, save_weights
 from kdlab.models.ensemble import TeacherEnsemble
-from kdlab.strategies import OfflineDistillation
-from kdlab.trainer import build_trainer
+from kdlab.strategies.base import Fitted, Strategy, Trained
+from kdlab.strategies.offline import OfflineDistillation, train_offline
+
+if TYPE_CHECKING:
+    from kdlab.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -81,45 +86,55 @@ def write_recipe(entry: Path, recipe: dict, metrics: dict) -> None:
     (entry / "recipe.json").write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=2) + "\n")
 
 
-def fit_teacher(
-    cfg: DictConfig, t: DictConfig, output_dir: Path, loggers: list, checkpoints: bool, **trainer_overrides
-) -> tuple[nn.Module, OfflineDistillation]:
-    """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy."""
+@dataclass
+class TeacherTraining(Strategy):
+    """``task=teacher``: train the teacher of ``conf/teacher`` with its own recipe, save it in the run
+    directory (``teacher.safetensors``) and in the cache, where every later run finds it."""
+
+    def labels(self, cfg: DictConfig) -> dict[str, str | None]:
+        return {"strategy": None, "method": None, "teacher": cfg.teacher.arch}
+
+    def fit(self, run: RunContext) -> Fitted:
+        t = run.cfg.teacher
+        if t.get("ensemble"):
+            raise KdlabError("task=teacher trains one teacher; train the members one by one (teacher.seed=...)")
+        module = train_teacher(run, t)
+        if module.trainer.is_global_zero:
+            metrics = {"val_acc_best": module.best_val_acc(), "run": str(run.output_dir)}
+            cache_teacher(run, t, module.student, metrics, also_to=run.output_dir / WEIGHTS_FILE)
+        teacher = Trained(
+            module.student, getattr(module.student, "kdlab_arch", t.arch), OmegaConf.to_container(t.kwargs)
+        )
+        return Fitted(None, teacher, module.best_val_acc(), module.trainer)
+
+
+def train_teacher(run: RunContext, t: DictConfig, **fit) -> OfflineDistillation:
+    """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy;
+    ``fit`` goes to ``RunContext.fit`` (no checkpoints, one device, ...)."""
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    data = instantiate(cfg.data, batch_size=t.batch_size)
-    model = create_model(
-        t.arch,
-        data.num_classes,
-        data.input_shape,
-        pretrained=t.pretrained,
-        pretrained_path=t.pretrained_path,
-        **t.kwargs,
-    )
-    scheduler = instantiate(t.scheduler) if t.scheduler else None
-    module = OfflineDistillation(
-        model, {"ce": CrossEntropy()}, instantiate(t.optimizer), data.num_classes, data.input_shape, scheduler=scheduler
-    )
-    trainer = build_trainer(cfg, output_dir, loggers, t.max_epochs, checkpoints, **trainer_overrides)
-    trainer.fit(module, datamodule=data)
-    return model.cpu(), module
+    data = instantiate(run.cfg.data, batch_size=t.batch_size)
+    run = run.child(data=data)
+    return train_offline(run, run.model(t), t, {"ce": CrossEntropy()}, max_epochs=t.max_epochs, **fit)
 
 
-def get_teacher(cfg: DictConfig, data) -> nn.Module:
+def get_teacher(run: RunContext) -> nn.Module:
     """The offline teacher of ``cfg.teacher``: one model, or a ``TeacherEnsemble`` of its members."""
+    cfg = run.cfg
     ens = cfg.teacher.get("ensemble")
     if not ens:
-        return single_teacher(cfg, cfg.teacher, data)
+        return single_teacher(run, cfg.teacher)
     base = OmegaConf.to_container(cfg.teacher, resolve=True)
     base.pop("ensemble")
     members = [OmegaConf.create({**base, **member}) for member in OmegaConf.to_container(ens.members, resolve=True)]
-    models = [single_teacher(cfg, m, data) for m in members]
+    models = [single_teacher(run, m) for m in members]
     arch = f"ensemble[{','.join(m.arch for m in members)}]"
     log.info(f"teacher: {arch}, combining {ens.combine}")
     return TeacherEnsemble(models, ens.get("weights"), ens.combine, arch=arch)
 
 
-def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
+def single_teacher(run: RunContext, t: DictConfig) -> nn.Module:
     """Teacher ``t``: its ``checkpoint``, else the cached one for its recipe, else trained now and cached."""
+    cfg, data = run.cfg, run.data
     shape, classes = data.input_shape, data.num_classes
     if t.checkpoint:
         path = Path(t.checkpoint)
@@ -131,9 +146,7 @@ def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
         log.info(f"teacher: loading {path}")
         return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
     if t.max_epochs == 0:  # pretrained weights used as they are
-        return create_model(
-            t.arch, classes, shape, pretrained=t.pretrained, pretrained_path=t.pretrained_path, **t.kwargs
-        )
+        return run.model(t)
     key = teacher_key(teacher_recipe(t, cfg.data), data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     with cache_lock(entry):  # concurrent runs wait for the one that trains
@@ -146,22 +159,17 @@ def single_teacher(cfg: DictConfig, t: DictConfig, data) -> nn.Module:
                 log.warning(f"teacher: cached {key} unreadable ({e}); training it again")
         log.info(f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)")
         start = time.perf_counter()
-        # one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
-        model, module = fit_teacher(
-            cfg, t, entry / "run", [], checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False
-        )
-        metrics = {
-            "val_acc_best": module.val_acc_best.compute().item(),
-            "train_s": round(time.perf_counter() - start, 2),
-        }
-        cache_teacher(cfg, t, data, model, metrics)
-        return model
+        # alone, in the cache, on one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
+        on_demand = run.child(output_dir=entry / "run", loggers=[], callbacks=[])
+        module = train_teacher(on_demand, t, checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False)
+        metrics = {"val_acc_best": module.best_val_acc(), "train_s": round(time.perf_counter() - start, 2)}
+        cache_teacher(run, t, module.student, metrics)
+        return module.student
 
 
-def cache_teacher(
-    cfg: DictConfig, t: DictConfig, data, model: nn.Module, metrics: dict, also_to: Path | None = None
-) -> str:
+def cache_teacher(run: RunContext, t: DictConfig, model: nn.Module, metrics: dict, also_to: Path | None = None) -> str:
     """Store ``model`` as the cached teacher of recipe ``t`` (and at ``also_to``); returns its key."""
+    cfg, data = run.cfg, run.data
     recipe = teacher_recipe(t, cfg.data)
     key = teacher_key(recipe, data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)

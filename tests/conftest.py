@@ -21,9 +21,8 @@ os.environ.update(
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-from kdlab import CONFIG_DIR  # noqa: E402
+from kdlab.config import compose  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -39,8 +38,7 @@ FAST = [
 
 
 def compose_cfg(overrides: list[str] | tuple = ()):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose(list(overrides))[0]
 
 
 @pytest.fixture
@@ -60,8 +58,8 @@ def train(tmp_path, cache_dir):
 
     def _train(overrides=(), fast: bool = True) -> dict:
         out = tmp_path / f"run{next(counter)}"
-        cfg = compose_cfg([*(FAST if fast else []), *overrides])
-        results = run(cfg, out, list(overrides))
+        cfg, choices = compose([*(FAST if fast else []), *overrides])
+        results = run(cfg, out, list(overrides), experiment=choices.get("experiments"))
         results["_dir"] = out
         return results
 

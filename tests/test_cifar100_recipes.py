@@ -38,7 +38,7 @@ def test_recipe_resolves_to_its_table_row(row):
         assert cfg.task == "teacher" and cfg.teacher.arch == row["teacher"]
     else:
         model, epochs, batch = cfg.student, cfg.trainer.max_epochs, cfg.data.batch_size
-        assert cfg.task == "distill" and cfg.student.arch == row["student"] and cfg.distill.name == row["method"]
+        assert cfg.task == "distill" and cfg.student.arch == row["student"] and cfg.method.name == row["method"]
         if row["teacher"] != "-":
             assert cfg.teacher.arch == row["teacher"]
     opt, sched = model.optimizer, model.scheduler
@@ -49,8 +49,8 @@ def test_recipe_resolves_to_its_table_row(row):
     for item in row["weights"].split() if row["weights"] != "-" else []:
         key, value = item.split("=")
         term, attr = key.split(".")
-        assert cfg.distill.terms[term][attr] == number(value), key
-    assert set(cfg.distill.terms) == {i.split(".")[0] for i in row["weights"].split()} or row["weights"] == "-"
+        assert cfg.method.terms[term][attr] == number(value), key
+    assert set(cfg.method.terms) == {i.split(".")[0] for i in row["weights"].split()} or row["weights"] == "-"
     for column, key in (
         ("published teacher", "teacher_acc"),
         ("published student", "student_acc"),

@@ -44,7 +44,7 @@ def fake_results(method: str, seed: int) -> dict:
         "calibration": {"ece": 0.2},
         "efficiency": {"param_ratio": 2.9, "latency_ms": 0.1},
         "wall_s": 10.0,
-        "overrides": [f"distill={method}", f"seed={seed}"],
+        "overrides": [f"method={method}", f"seed={seed}"],
         "wandb": None,
     }
 
@@ -136,7 +136,7 @@ class FakeWandb(http.server.BaseHTTPRequestHandler):
             config = {
                 "task": "distill",
                 "seed": i,
-                "distill": {"name": "kd"},
+                "method": {"name": "kd"},
                 "student": {"arch": "mlp"},
                 "teacher": {"arch": "cnn1d"},
             }

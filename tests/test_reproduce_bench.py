@@ -19,7 +19,7 @@ def test_every_reproduce_row_is_an_experiment_and_runs_once():
 
     for _, name, published in reproduce.BASELINES:
         cfg = compose_cfg([f"experiments={name}"])
-        assert cfg.data.noise_std == 0 and cfg.distill.name == "none"
+        assert cfg.data.noise_std == 0 and cfg.method.name == "none"
         assert cfg.published.student_acc == published
 
 

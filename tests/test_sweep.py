@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from kdlab import ROOT
 from kdlab.errors import KdlabError
-from kdlab.sweep.run import sweep
+from kdlab.sweep.run import load_sweep, sweep
 from kdlab.sweep.space import parse_space
 from tests.conftest import compose_cfg
 
@@ -40,17 +40,16 @@ TINY = [
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_shipped_sweeps_compose_and_parse(name):
-    cfg = compose_cfg([f"sweeps={name}"])
-    space = parse_space(cfg.sweep.params, cfg)
+    cfg, space = load_sweep([f"sweeps={name}"])
     assert space and cfg.sweep.study_name == name and cfg.sweep.direction == "maximize"
 
 
 def test_kd_sweep_searches_temperature_and_weight():
     cfg = compose_cfg(["sweeps=kd_temperature_alpha"])
     space = {p.key: p for p in parse_space(cfg.sweep.params, cfg)}
-    t = space["distill.terms.kd.temperature"]
+    t = space["method.terms.kd.temperature"]
     assert (t.low, t.high, t.log) == (1.0, 20.0, True)
-    w = space["distill.terms.kd.weight"]
+    w = space["method.terms.kd.weight"]
     assert (w.low, w.high, w.log) == (0.0, 1.0, False)
 
 
@@ -58,15 +57,15 @@ def test_kd_sweep_searches_temperature_and_weight():
     ("params", "message"),
     [
         (
-            {"distill.terms.kd.temprature": {"type": "float", "low": 1, "high": 2}},
-            r"no config key 'distill.terms.kd.temprature' \(closest: distill.terms.kd.temperature",
+            {"method.terms.kd.temprature": {"type": "float", "low": 1, "high": 2}},
+            r"no config key 'method.terms.kd.temprature' \(closest: method.terms.kd.temperature",
         ),
         ({"student.optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"low < high"),
         ({"student.optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, r"log scale needs low > 0"),
         ({"student.optimizer.lr": {"type": "uniform", "low": 0.0, "high": 0.1}}, r"type: float\|int\|categorical"),
         ({"student.optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "lg": True}}, r"unknown setting"),
-        ({"distill": {"type": "float", "low": 0, "high": 1}}, r"config group; search it with type: categorical"),
-        ({"distill": {"type": "categorical", "choices": []}}, r"non-empty 'choices'"),
+        ({"method": {"type": "float", "low": 0, "high": 1}}, r"config group; search it with type: categorical"),
+        ({"method": {"type": "categorical", "choices": []}}, r"non-empty 'choices'"),
         ({}, r"sweep.params is empty"),
     ],
 )
@@ -79,7 +78,7 @@ def test_group_choices_and_int_params_are_searchable():
     cfg = compose_cfg(["sweeps=kd_temperature_alpha"])
     space = parse_space(
         {
-            "distill": {"type": "categorical", "choices": ["kd", "dkd"]},
+            "method": {"type": "categorical", "choices": ["kd", "dkd"]},
             "data.batch_size": {"type": "int", "low": 32, "high": 128, "step": 32},
         },
         cfg,
@@ -87,7 +86,7 @@ def test_group_choices_and_int_params_are_searchable():
     study = optuna.create_study()
     trial = study.ask()
     overrides = [p.override(p.suggest(trial)) for p in space]
-    assert overrides[0] in ("distill=kd", "distill=dkd") and overrides[1].startswith("data.batch_size=")
+    assert overrides[0] in ("method=kd", "method=dkd") and overrides[1].startswith("data.batch_size=")
     assert int(overrides[1].split("=")[1]) in (32, 64, 96, 128)
 
 
@@ -167,7 +166,7 @@ def test_cli_reports_a_bad_search_key_in_one_line(tmp_path):
             str(BIN / "kdlab-sweep"),
             "sweeps=kd_temperature_alpha",
             "~sweep.params",
-            "+sweep.params={distill.terms.kd.temprature:{type:float,low:1,high:2}}",
+            "+sweep.params={method.terms.kd.temprature:{type:float,low:1,high:2}}",
         ],
         capture_output=True,
         text=True,
@@ -175,7 +174,7 @@ def test_cli_reports_a_bad_search_key_in_one_line(tmp_path):
         timeout=300,
     )
     assert p.returncode == 1
-    assert p.stderr.strip().splitlines()[-1].startswith("kdlab-sweep: error: sweep.params.distill.terms.kd.temprature")
+    assert p.stderr.strip().splitlines()[-1].startswith("kdlab-sweep: error: sweep.params.method.terms.kd.temprature")
 
 
 def free_port() -> int:
@@ -272,7 +271,7 @@ def dashboard(tmp_path):
     storage = f"sqlite:///{db}"
     study = optuna.create_study(study_name="kd_demo", storage=storage, direction="maximize")
     study.optimize(
-        lambda t: 1 - (t.suggest_float("distill.terms.kd.temperature", 1, 20, log=True) - 4) ** 2 / 400, n_trials=5
+        lambda t: 1 - (t.suggest_float("method.terms.kd.temperature", 1, 20, log=True) - 4) ** 2 / 400, n_trials=5
     )
     port = free_port()
     proc = subprocess.Popen(
@@ -301,7 +300,7 @@ def test_dashboard_serves_the_study(dashboard):
     (entry,) = [s for s in studies if s["study_name"] == "kd_demo"]
     detail = json.loads(urllib.request.urlopen(f"{base}/api/studies/{entry['study_id']}", timeout=10).read())
     assert detail["name"] == "kd_demo" and len(detail["trials"]) == 5
-    assert {p["name"] for t in detail["trials"] for p in t["params"]} == {"distill.terms.kd.temperature"}
+    assert {p["name"] for t in detail["trials"] for p in t["params"]} == {"method.terms.kd.temperature"}
 
 
 def test_dashboard_page_shows_the_trials_in_headless_chromium(dashboard, tmp_path):
@@ -323,7 +322,7 @@ def test_dashboard_page_shows_the_trials_in_headless_chromium(dashboard, tmp_pat
     ]
     page = f"{base}/dashboard/studies/{study._study_id}/trials"
     dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    assert "kd_demo" in dom and "5 Trials" in dom and "distill.terms.kd.temperature" in dom
+    assert "kd_demo" in dom and "5 Trials" in dom and "method.terms.kd.temperature" in dom
     shot = tmp_path / "study.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -22,7 +22,7 @@ def check_fraction(x):
 
 
 def test_distill_run_writes_every_results_key(train):
-    r = train(["distill=kd"])
+    r = train(["method=kd"])
     on_disk = json.loads((r["_dir"] / "results.json").read_text())
     assert list(on_disk)[: len(REQUIRED_KEYS)] == list(REQUIRED_KEYS) and "export" in on_disk
     head = (on_disk["task"], on_disk["strategy"], on_disk["method"], on_disk["data"], on_disk["seed"])
@@ -49,19 +49,19 @@ def test_distill_run_writes_every_results_key(train):
     gaps, worst = on_disk["bias"]["per_class_gap"], on_disk["bias"]["worst_classes"]
     assert len(worst) == 3 and worst[0]["gap"] == max(gaps) and worst[0]["gap"] >= worst[1]["gap"] >= worst[2]["gap"]
     assert on_disk["export"]["size_mb"] == pytest.approx(15210 * 4 / 1e6, rel=0.05)
-    assert on_disk["wall_s"] > 0 and on_disk["overrides"] == ["distill=kd"] and on_disk["wandb"] is None
+    assert on_disk["wall_s"] > 0 and on_disk["overrides"] == ["method=kd"] and on_disk["wandb"] is None
     checkpoints = r["_dir"] / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file() and list(checkpoints.glob("best-*.ckpt"))
 
 
 def test_baseline_run_has_no_teacher(train):
-    r = train(["distill=none"])
+    r = train(["method=none"])
     assert r["teacher"] is None and r["fidelity"] is None and r["efficiency"]["param_ratio"] is None
     assert r["method"] == "none" and r["student"]["test_acc"] > 0
 
 
 def test_run_without_validation_writes_strict_json(train):
-    r = train(["distill=none", "data.val_fraction=0.0"])
+    r = train(["method=none", "data.val_fraction=0.0"])
     text = (r["_dir"] / "results.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text)["student"]["val_acc_best"] is None and r["student"]["test_acc"] > 0
@@ -108,7 +108,7 @@ def test_task_teacher_saves_a_checkpoint_that_distill_runs_load(train, cache_dir
 
 
 def test_timm_teacher_on_digits(train):
-    r = train(["data=digits", "teacher.arch=resnet18", "student.arch=cnn_small", "distill=kd"])
+    r = train(["data=digits", "teacher.arch=resnet18", "student.arch=cnn_small", "method=kd"])
     assert r["data"] == "digits" and r["teacher"]["arch"] == "resnet18" and r["teacher"]["params"] > 11_000_000
     assert r["student"]["arch"] == "cnn_small"
 
@@ -148,7 +148,7 @@ def test_wandb_offline_run_is_complete_and_finished(train):
         "student:mlp",
         "data:mnist1d",
     } <= set(summary["tags"])
-    assert summary["config"]["distill"]["terms"]["kd"]["temperature"] == 4.0
+    assert summary["config"]["method"]["terms"]["kd"]["temperature"] == 4.0
     assert summary["summary"]["test/acc"] == pytest.approx(r["student"]["test_acc"])
     assert "train/loss_kd" in summary["summary"] and "val/acc" in summary["summary"]
 
@@ -200,7 +200,7 @@ def test_cli_multirun(tmp_path, cache_dir):
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    p = kdlab_train("-m", "distill=none,kd", *fast, cwd=tmp_path)
+    p = kdlab_train("-m", "method=none,kd", *fast, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert [json.loads(f.read_text())["method"] for f in results] == ["none", "kd"]
@@ -229,7 +229,7 @@ def test_exported_student_reproduces_the_runs_test_accuracy(train):
     from kdlab.models.checkpoint import load_weights
     from kdlab.report import accuracy, predict
 
-    r = train(["distill=fitnet", "export_onnx=true"])  # the student leaves its regressor and teacher behind
+    r = train(["method=fitnet", "export_onnx=true"])  # the student leaves its regressor and teacher behind
     config = json.loads((r["_dir"] / "student.json").read_text())
     student = load_weights(
         r["_dir"] / "student.safetensors", config["arch"], config["num_classes"], config["input_shape"]

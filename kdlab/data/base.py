@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdlab.config import Fraction, NonNegativeInt, PositiveInt, Seed
+
 
 class TensorBatches(Dataset):
     """In-memory ``(x, y)`` tensors served as ``(x, y, index)``: the sample's position in this
@@ -88,11 +90,11 @@ class KDDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt = 128,
+        val_fraction: Fraction = 0.1,
+        split_seed: Seed = 0,
+        num_workers: NonNegativeInt = 0,
+        eval_batch_size: PositiveInt | None = None,
     ):
         super().__init__()
         self.batch_size = batch_size

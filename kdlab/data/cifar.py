@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.config import Fraction, NonNegativeInt, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, TensorBatches, split_indices
 from kdlab.errors import KdlabError
 
@@ -81,15 +83,15 @@ class CIFAR(KDDataModule):
 
     def __init__(
         self,
-        classes: int = 100,
+        classes: Literal[10, 100] = 100,
         root: str = "data",
         download: bool = False,
         augment: bool = True,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        eval_batch_size: int | None = None,
+        batch_size: PositiveInt = 64,
+        val_fraction: Fraction = 0.1,
+        split_seed: Seed = 0,
+        num_workers: NonNegativeInt = 0,
+        eval_batch_size: PositiveInt | None = None,
     ):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         if classes not in LAYOUT:
@@ -130,7 +132,7 @@ class CIFAR(KDDataModule):
 
 
 def write_fake_cifar(
-    root: str | Path, classes: int = 100, n_train: int = 500, n_test: int = 100, seed: int = 0
+    root: str | Path, classes: Literal[10, 100] = 100, n_train: int = 500, n_test: int = 100, seed: int = 0
 ) -> Path:
     """Random images in CIFAR's real on-disk format (same files, keys, dtypes and pickling), for tests
     and GPU benchmarks that must not download. Returns the dataset folder."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdlab.config import Fraction, NonNegativeInt, OpenUnit, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, TensorBatches, split_indices
 
 
@@ -17,13 +18,13 @@ class Digits(KDDataModule):
 
     def __init__(
         self,
-        image_size: int = 8,
-        test_fraction: float = 0.2,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        eval_batch_size: int | None = None,
+        image_size: PositiveInt = 8,
+        test_fraction: OpenUnit = 0.2,
+        batch_size: PositiveInt = 64,
+        val_fraction: Fraction = 0.1,
+        split_seed: Seed = 0,
+        num_workers: NonNegativeInt = 0,
+        eval_batch_size: PositiveInt | None = None,
     ):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         self.image_size, self.test_fraction = image_size, test_fraction

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
+from kdlab.config import Fraction, NonNegativeInt, OpenUnit, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, split_indices
 from kdlab.errors import KdlabError
 
@@ -34,17 +35,17 @@ class ImageFolderData(KDDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int = 32,
+        image_size: PositiveInt = 32,
         grayscale: bool = False,
         augment: bool = True,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
-        test_fraction: float = 0.2,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 2,
-        eval_batch_size: int | None = None,
+        test_fraction: OpenUnit = 0.2,
+        batch_size: PositiveInt = 64,
+        val_fraction: Fraction = 0.1,
+        split_seed: Seed = 0,
+        num_workers: NonNegativeInt = 2,
+        eval_batch_size: PositiveInt | None = None,
     ):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         self.root = Path(root)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdlab.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, TensorBatches, split_indices
 
 
@@ -29,7 +30,7 @@ def generate_mnist1d(num_samples: int, seed: int, shuffle_seq: bool) -> dict[str
     return {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
 
 
-def load_mnist1d(root: str | Path, num_samples: int = 5000, seed: int = 42, shuffle_seq: bool = False):
+def load_mnist1d(root: str | Path, num_samples: PositiveInt = 5000, seed: int = 42, shuffle_seq: bool = False):
     """Arrays of MNIST-1D, generated once and cached under ``root/mnist1d/``."""
     folder = Path(root) / "mnist1d"
     path = folder / f"mnist1d_n{num_samples}_seed{seed}{'_shuffled' if shuffle_seq else ''}.npz"
@@ -61,16 +62,16 @@ class MNIST1D(KDDataModule):
     def __init__(
         self,
         root: str = "data",
-        num_samples: int = 5000,
-        generation_seed: int = 42,
+        num_samples: PositiveInt = 5000,
+        generation_seed: Seed = 42,
         shuffle_seq: bool = False,
-        batch_size: int = 100,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        eval_batch_size: int | None = None,
-        noise_std: float = 0.0,
-        max_shift: int = 0,
+        batch_size: PositiveInt = 100,
+        val_fraction: Fraction = 0.1,
+        split_seed: Seed = 0,
+        num_workers: NonNegativeInt = 0,
+        eval_batch_size: PositiveInt | None = None,
+        noise_std: NonNegativeFloat = 0.0,
+        max_shift: NonNegativeInt = 0,
     ):
         super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
         self.noise_std, self.max_shift = noise_std, max_shift

@@ -32,7 +32,7 @@ def feature_stages(model: nn.Module, owner: str = "model") -> list[str]:
             return stages
     raise KdlabError(
         f"{owner} ({type(model).__name__}) declares no feature stages; name the tap paths of the "
-        f"feature terms (distill.terms.<term>.{owner}_taps=[...]), e.g. from: {', '.join(module_paths(model)[:12])}"
+        f"feature terms (method.terms.<term>.{owner}_taps=[...]), e.g. from: {', '.join(module_paths(model)[:12])}"
     )
 
 

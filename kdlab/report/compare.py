@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kdlab.errors import KdlabError
+from kdlab.errors import KdlabError, one_line_errors
 from kdlab.report.results import RESULTS_FILE
 
 DEFAULT_BY = "data,strategy,method,student.arch"
@@ -270,7 +270,7 @@ def from_wandb(path: str) -> list[dict]:
             {
                 "task": cfg.get("task"),
                 "strategy": tag.get("strategy"),
-                "method": get(cfg, "distill.name"),
+                "method": tag.get("method") or get(cfg, "method.name"),
                 "data": tag.get("data"),
                 "seed": cfg.get("seed"),
                 "student": student if student["test_acc"] is not None else None,
@@ -338,11 +338,8 @@ def compare(argv: list[str] | None = None) -> list[dict]:
 
 
 def cli() -> None:
-    try:
+    with one_line_errors("kdlab-compare"):
         compare(sys.argv[1:])
-    except KdlabError as e:
-        print(f"kdlab-compare: error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

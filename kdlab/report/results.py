@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from kdlab.models import count_params
@@ -135,6 +137,19 @@ def evaluate(
             "speedup_b256": ratio(t_speed["b256"], s_speed["b256"]),
         },
     }
+
+
+def best_checkpoint_accuracy(model: nn.Module, checkpoint: str | None, prefix: str, datamodule) -> float | None:
+    """Test accuracy of ``model`` with the weights it has in the Lightning ``checkpoint`` (under
+    ``prefix`` of its state_dict): the "best epoch" protocol, chosen on validation (the CRD/DKD
+    tables take the best test epoch instead). None without that checkpoint."""
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    best = copy.deepcopy(model)
+    best.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    logits, target = predict(best, datamodule)
+    return _r(accuracy(logits, target))
 
 
 def finite_or_null(value):

@@ -1,13 +1,30 @@
-"""Who teaches whom and which parameters train.
+"""Strategies: who teaches whom, which parameters train, and what a run reports.
 
-offline: a frozen teacher teaches the student (``OfflineDistillation``);
-online: peers teach each other (``OnlineDistillation``: DML, KDCL);
-self: the student teaches itself (``SelfDistillation``: BYOT heads; ``BornAgain``: generations).
+A strategy is one file: the dataclass its ``conf/strategy/<name>.yaml`` builds (how it builds,
+fits and reports) beside the LightningModule it trains.
+
+offline: a frozen teacher teaches the student (``Offline``, ``OfflineDistillation``);
+online: peers teach each other (``Online``, ``OnlineDistillation``: DML, KDCL);
+self: the student teaches itself (``SelfDistill``, ``SelfDistillation``: BYOT heads;
+``BornAgain``: generations, each an offline run).
 """
 
+from kdlab.strategies.base import DistillationModule, Fitted, Strategy, Trained
 from kdlab.strategies.born_again import BornAgain
-from kdlab.strategies.offline import OfflineDistillation
-from kdlab.strategies.online import OnlineDistillation
-from kdlab.strategies.self_distill import SelfDistillation
+from kdlab.strategies.offline import Offline, OfflineDistillation
+from kdlab.strategies.online import Online, OnlineDistillation
+from kdlab.strategies.self_distill import SelfDistill, SelfDistillation
 
-__all__ = ["OfflineDistillation", "OnlineDistillation", "SelfDistillation", "BornAgain"]
+__all__ = [
+    "Strategy",
+    "Fitted",
+    "Trained",
+    "DistillationModule",
+    "Offline",
+    "OfflineDistillation",
+    "Online",
+    "OnlineDistillation",
+    "SelfDistill",
+    "SelfDistillation",
+    "BornAgain",
+]

@@ -3,33 +3,92 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy
 
-from kdlab.distill import StepOutputs, Term
 from kdlab.errors import KdlabError
+from kdlab.methods import StepOutputs, Term
 from kdlab.models import FeatureTaps
-from kdlab.strategies.base import RunningMeans, check_finite, lightning_optimization, prepare_terms, probe
+from kdlab.strategies.base import (
+    STUDENT,
+    DistillationModule,
+    Fitted,
+    StepLosses,
+    Strategy,
+    Trained,
+    batch_accuracy,
+    lightning_optimization,
+    probe,
+)
+
+if TYPE_CHECKING:
+    from kdlab.context import RunContext
 
 
-class OfflineDistillation(pl.LightningModule):
+@dataclass
+class Offline(Strategy):
+    """The student learns from ``method``'s terms; the teacher (``conf/teacher``: a checkpoint,
+    the cache, or trained on demand) is loaded only when a term needs one (not for ``method=none``)."""
+
+    name = "offline"
+
+    def labels(self, cfg: DictConfig) -> dict[str, str | None]:
+        return {"teacher": cfg.teacher.arch, **super().labels(cfg)}
+
+    def fit(self, run: RunContext) -> Fitted:
+        spec, terms = run.cfg.student, run.terms()
+        student = run.model(spec)  # before the teacher: a wrong student fails before any teacher trains
+        teacher = run.teacher() if any(t.needs_teacher for t in terms.values()) else None
+        module = train_offline(run, student, spec, terms, teacher)
+        reference = None
+        if module.teacher is not None:
+            reference = Trained(module.teacher, getattr(module.teacher, "kdlab_arch", run.cfg.teacher.arch))
+        kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
+        return Fitted(Trained(module.student, spec.arch, kwargs), reference, module.best_val_acc(), module.trainer)
+
+
+def train_offline(
+    run: RunContext,
+    model: nn.Module,
+    spec: DictConfig,
+    terms: Mapping[str, Term],
+    teacher: nn.Module | None = None,
+    log_prefix: str = "",
+    **fit,
+) -> OfflineDistillation:
+    """Fit ``model`` on ``terms`` (``teacher`` frozen) with the optimizer and scheduler of preset
+    ``spec``, in ``run``; ``fit`` goes to ``RunContext.fit`` (sub-directory, epochs, ...). Students,
+    Born-Again generations and teachers trained by kdlab are all trained here."""
+    optimizer, scheduler = run.optimization(spec)
+    module = OfflineDistillation(
+        model,
+        terms,
+        optimizer,
+        run.data.num_classes,
+        run.data.input_shape,
+        scheduler=scheduler,
+        teacher=teacher,
+        log_prefix=log_prefix,
+    )
+    run.fit(module, log_prefix=log_prefix, **fit)
+    return module
+
+
+class OfflineDistillation(DistillationModule):
     """Trains ``student`` on the weighted sum of ``terms``; ``teacher`` is frozen.
 
     The teacher gets ``requires_grad_(False)`` and stays in eval mode whenever the module is
-    put in train mode. When no term needs a teacher (``distill=none``) this is plain
+    put in train mode. When no term needs a teacher (``method=none``) this is plain
     supervised training and no teacher is kept. Learnable parts of the terms (regressors,
     embeddings) are optimised with the student and saved in its checkpoints.
 
     Logged once per epoch: ``train/loss`` and every weighted term as ``train/loss_<name>``,
     ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best`` (each after ``log_prefix``).
     """
-
-    name = "offline"
 
     def __init__(
         self,
@@ -42,14 +101,12 @@ class OfflineDistillation(pl.LightningModule):
         teacher: nn.Module | None = None,
         log_prefix: str = "",
     ):
-        super().__init__()
+        super().__init__(num_classes, [STUDENT], log_prefix)
         if not terms:
-            raise KdlabError(
-                "distill.terms is empty; give at least one loss term (e.g. distill=none for cross-entropy)"
-            )
+            raise KdlabError("method.terms is empty; give at least one loss term (e.g. method=none for cross-entropy)")
         needs_teacher = [name for name, t in terms.items() if t.needs_teacher]
         if needs_teacher and teacher is None:
-            raise KdlabError(f"distill terms {needs_teacher} need a teacher, but none was given")
+            raise KdlabError(f"method terms {needs_teacher} need a teacher, but none was given")
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval() if needs_teacher else None
         self.terms = nn.ModuleDict(dict(terms))
@@ -63,11 +120,6 @@ class OfflineDistillation(pl.LightningModule):
             else None
         )
         self._probe_and_build(input_shape)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc_best = MaxMetric()
-        self.train_means, self.val_means = RunningMeans(), RunningMeans()
-        self.log_prefix = log_prefix  # e.g. "gen1/" for a Born-Again generation: gen1/val/acc
 
     def _probe_and_build(self, input_shape: Sequence[int]) -> None:
         """One forward pass on a dummy batch gives the tapped shapes the terms build from."""
@@ -75,10 +127,6 @@ class OfflineDistillation(pl.LightningModule):
         t_feats = probe(self.teacher, self.teacher_taps, input_shape)[1] if self.teacher is not None else {}
         for term in self.terms.values():
             term.build(s_feats, t_feats)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            prepare_terms(self.trainer, self.terms.values())
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -99,38 +147,17 @@ class OfflineDistillation(pl.LightningModule):
             out.teacher_feats = self.teacher_taps.pop()
         return out
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        x, y, *rest = batch  # (x, y, index) from kdlab data modules
-        out = self.step_outputs(x, y, rest[0] if rest else None)
-        losses = {f"loss_{name}": term(out) for name, term in self.terms.items()}
-        loss = torch.stack(list(losses.values())).sum()
-        check_finite(loss, losses, self.current_epoch, self.global_step)
-        self.train_means.add({"loss": loss, **losses}, len(y))
-        self.train_acc.update(out.student_logits.detach(), y)
-        return {"loss": loss, **{k: v.detach() for k, v in losses.items()}}
+    def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:
+        out = self.step_outputs(x, y, index)
+        terms = {f"loss_{name}": term(out) for name, term in self.terms.items()}
+        return StepLosses(
+            torch.stack(list(terms.values())).sum(), terms, {"acc": batch_accuracy(out.student_logits, y)}
+        )
 
-    def on_train_epoch_end(self) -> None:
-        p = self.log_prefix
-        self.log_dict({f"{p}train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
-        self.log(f"{p}train/acc", self.train_acc.compute(), sync_dist=True)  # same on every rank
-        self.train_acc.reset()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch[0], batch[1]
+    def outputs(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.student(x)
         self.student_taps.pop()
-        self.val_means.add({"loss": F.cross_entropy(logits, y)}, len(y))
-        self.val_acc.update(logits, y)
-
-    def on_validation_epoch_end(self) -> None:
-        acc = self.val_acc.compute()
-        self.val_acc.reset()
-        p = self.log_prefix
-        self.log_dict({f"{p}val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
-        self.log(f"{p}val/acc", acc, prog_bar=True, sync_dist=True)
-        if not self.trainer.sanity_checking:
-            self.val_acc_best(acc)
-            self.log(f"{p}val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        return {STUDENT: logits}
 
     def configure_optimizers(self):
         # the student and the terms' learnable parts; the frozen teacher has none to give

@@ -4,28 +4,90 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy
 
-from kdlab.distill import FeatureTerm, StepOutputs, Term
+from kdlab.config import Bound, NonNegativeInt
 from kdlab.errors import KdlabError
+from kdlab.methods import FeatureTerm, StepOutputs, Term
 from kdlab.models import FeatureTaps
-from kdlab.strategies.base import RunningMeans, check_finite, optimization, prepare_terms, probe
+from kdlab.report.results import model_report
+from kdlab.strategies.base import (
+    DistillationModule,
+    Fitted,
+    StepLosses,
+    Strategy,
+    Trained,
+    batch_accuracy,
+    optimization,
+    plain,
+    probe,
+)
+
+if TYPE_CHECKING:
+    from kdlab.context import RunContext
 
 MODES = ("mutual", "ensemble")
 ENSEMBLE = "ensemble"
 
 
-class OnlineDistillation(pl.LightningModule):
-    """k >= 2 peers (architectures may differ), each with its own optimizer, trained at once.
+@dataclass
+class Online(Strategy):
+    """Peers from ``peers``: a count of copies of the ``student`` preset (different inits), or one
+    override of it per peer (``[{}, {arch: cnn1d}]``: heterogeneous cohorts). ``mode`` and
+    ``deploy`` as ``OnlineDistillation``. Reports every peer (``peers``) and the one deployed."""
 
-    Every peer gets the terms of ``distill``: terms without a teacher (cross-entropy) on its
+    name = "online"
+    peers: Annotated[int, Bound(2)] | list[dict] = 2
+    mode: Literal["mutual", "ensemble"] = "mutual"
+    deploy: Literal["best"] | NonNegativeInt = "best"
+
+    def __post_init__(self):
+        self.peers = plain(self.peers)
+        super().__post_init__()
+
+    def peer_specs(self, student: DictConfig) -> list[DictConfig]:
+        """The preset of each peer: ``student`` with the peer's overrides."""
+        overrides = [{}] * self.peers if isinstance(self.peers, int) else self.peers
+        base = OmegaConf.to_container(student, resolve=True)
+        return [OmegaConf.create({**base, **o}) for o in overrides]
+
+    def fit(self, run: RunContext) -> Fitted:
+        self.specs = self.peer_specs(run.cfg.student)
+        models = [run.model(spec) for spec in self.specs]
+        optimizers, schedulers = zip(*(run.optimization(spec) for spec in self.specs))
+        self.module = OnlineDistillation(
+            models,
+            run.terms(),
+            list(optimizers),
+            run.data.num_classes,
+            run.data.input_shape,
+            list(schedulers),
+            self.mode,
+            self.deploy,
+        )
+        trainer = run.fit(self.module)
+        d = self.module.deployed_index()
+        student = Trained(self.module.peers[d], self.specs[d].arch, OmegaConf.to_container(self.specs[d].kwargs))
+        return Fitted(student, None, self.module.best_val_accs()[d], trainer, checkpoint_prefix=f"peers.{d}.")
+
+    def results(self, data) -> dict:
+        best = self.module.best_val_accs()
+        peers = [
+            {"peer": i, **model_report(p, s.arch, data)[0], "val_acc_best": best[i]}
+            for i, (p, s) in enumerate(zip(self.module.peers, self.specs))
+        ]
+        return {"peers": peers, "deployed_peer": self.module.deployed_index(), "mode": self.mode}
+
+
+class OnlineDistillation(DistillationModule):
+    """``models``: k >= 2 peers (architectures may differ), each with its own optimizer, trained at once.
+
+    Every peer gets the terms of ``method``: terms without a teacher (cross-entropy) on its
     own outputs; terms with a teacher against
     - ``mode="mutual"``: each other peer in turn, averaged -- Deep Mutual Learning (Zhang,
       Xiang, Hospedales & Lu, CVPR 2018);
@@ -40,11 +102,9 @@ class OnlineDistillation(pl.LightningModule):
     ``train/peer<i>/...``, ``val/peer<i>/acc``, and ``val/acc`` (the best peer's).
     """
 
-    name = "online"
-
     def __init__(
         self,
-        peers: Sequence[nn.Module],
+        models: Sequence[nn.Module],
         terms: Mapping[str, Term],
         optimizers: Sequence[Callable[..., torch.optim.Optimizer]],
         num_classes: int,
@@ -53,9 +113,9 @@ class OnlineDistillation(pl.LightningModule):
         mode: str = "mutual",
         deploy: str | int = "best",
     ):
-        super().__init__()
+        k = len(models)
+        super().__init__(num_classes, [f"peer{i}" for i in range(k)])
         self.automatic_optimization = False  # one optimizer per peer
-        k = len(peers)
         if k < 2:
             raise KdlabError(f"online distillation needs at least 2 peers, got {k}; set strategy.peers")
         if mode not in MODES:
@@ -64,7 +124,7 @@ class OnlineDistillation(pl.LightningModule):
             raise KdlabError(f"strategy.deploy={deploy}: use best or a peer index in 0..{k - 1}")
         if mode == ENSEMBLE and any(isinstance(t, FeatureTerm) for t in terms.values()):
             raise KdlabError("feature terms need one teacher model: use strategy.mode=mutual with them")
-        self.peers = nn.ModuleList(peers)
+        self.peers = nn.ModuleList(models)
         self.mode, self.deploy = mode, deploy
         self.optimizer_factories = list(optimizers)
         self.scheduler_factories = list(schedulers or [None] * k)
@@ -88,19 +148,9 @@ class OnlineDistillation(pl.LightningModule):
             for s, objective in self.objectives[i].items():
                 for term in objective.values():
                     term.build(feats[i], {} if s == ENSEMBLE else feats[int(s)])
-        self.val_acc = nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in range(k))
-        self.val_acc_best = nn.ModuleList(MaxMetric() for _ in range(k))
-        self.train_means, self.val_means = RunningMeans(), RunningMeans()
 
     def sources(self, i: int) -> list[str]:
         return [ENSEMBLE] if self.mode == ENSEMBLE else [str(j) for j in range(len(self.peers)) if j != i]
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            prepare_terms(
-                self.trainer,
-                (t for objective in self.objectives for ts in objective.values() for t in ts.values()),
-            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.peers[self.deployed_index()](x)
@@ -128,16 +178,17 @@ class OnlineDistillation(pl.LightningModule):
             parts.append(losses)
         return totals, parts, logits
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y, *rest = batch
-        totals, parts, logits = self.peer_losses(x, y, rest[0] if rest else None)
-        loss = torch.stack(totals).sum()  # each peer's loss reaches only its own parameters
-        check_finite(
-            loss,
-            {f"peer{i}/{k}": v for i, p in enumerate(parts) for k, v in p.items()},
-            self.current_epoch,
-            self.global_step,
-        )
+    def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:
+        totals, parts, logits = self.peer_losses(x, y, index)
+        terms = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}  # mean over peers
+        logged = {}
+        for i, p in enumerate(parts):
+            logged.update({f"peer{i}/{k}": v for k, v in p.items()})
+            logged[f"peer{i}/acc"] = batch_accuracy(logits[i], y)
+        # the sum: each peer's loss reaches only its own parameters
+        return StepLosses(torch.stack(totals).sum(), terms, logged)
+
+    def optimize(self, loss: Tensor) -> None:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:
@@ -145,48 +196,32 @@ class OnlineDistillation(pl.LightningModule):
         self.manual_backward(loss)
         for opt in optimizers:
             opt.step()
-        logged = {"loss": loss}
-        for name in parts[0]:
-            logged[name] = torch.stack([p[name] for p in parts]).mean()
-        for i, p in enumerate(parts):
-            logged.update({f"peer{i}/{k}": v for k, v in p.items()})
-            logged[f"peer{i}/acc"] = (logits[i].detach().argmax(-1) == y).float().mean()
-        self.train_means.add(logged, len(y))
-        return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({f"train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
+        super().on_train_epoch_end()
         schedulers = self.lr_schedulers()
         for sch in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             sch.step()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch[0], batch[1]
-        for i, peer in enumerate(self.peers):
-            logits = peer(x)
-            self.val_acc[i].update(logits, y)
-            self.val_means.add({f"peer{i}/loss": F.cross_entropy(logits, y)}, len(y))
+    def outputs(self, x: Tensor) -> dict[str, Tensor]:
+        logits = {f"peer{i}": peer(x) for i, peer in enumerate(self.peers)}
         for taps in self.taps:
             taps.pop()
+        return logits
 
-    def on_validation_epoch_end(self) -> None:
-        accs = [m.compute() for m in self.val_acc]
-        for m in self.val_acc:
-            m.reset()
-        self.log_dict({f"val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
-        self.log_dict({f"val/peer{i}/acc": a for i, a in enumerate(accs)}, sync_dist=True)
-        self.log("val/acc", torch.stack(accs).max(), prog_bar=True, sync_dist=True)
-        if not self.trainer.sanity_checking:
-            for best, acc in zip(self.val_acc_best, accs):
-                best(acc)
+    def reported_acc(self, accs: dict[str, Tensor]) -> Tensor:
+        return torch.stack(list(accs.values())).max()  # the best peer's
+
+    def reported_best(self) -> Tensor:
+        return torch.tensor(max(self.best_val_accs()))
 
     def best_val_accs(self) -> list[float]:
-        return [round(m.compute().item(), 6) for m in self.val_acc_best]
+        return [round(m.compute().item(), 6) if m.update_count else float("-inf") for m in self.val_acc_best.values()]
 
     def deployed_index(self) -> int:
         if self.deploy != "best":
             return int(self.deploy)
-        accs = [m.compute().item() if m.update_count else 0.0 for m in self.val_acc_best]
+        accs = [m.compute().item() if m.update_count else 0.0 for m in self.val_acc_best.values()]
         return max(range(len(accs)), key=accs.__getitem__)
 
     def configure_optimizers(self):

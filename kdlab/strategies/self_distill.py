@@ -4,19 +4,77 @@ attached to its intermediate stages (Be Your Own Teacher)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy
 
-from kdlab.distill import FeatureTerm, StepOutputs, Term
+from kdlab.config import NonNegativeFloat
 from kdlab.errors import KdlabError
 from kdlab.losses import hint_loss
-from kdlab.models import PRE_LOGITS, FeatureTaps, feature_stages
-from kdlab.strategies.base import RunningMeans, check_finite, lightning_optimization, probe
+from kdlab.methods import FeatureTerm, StepOutputs, Term
+from kdlab.models import PRE_LOGITS, FeatureTaps, count_params, feature_stages
+from kdlab.report.results import model_report
+from kdlab.strategies.base import (
+    STUDENT,
+    DistillationModule,
+    Fitted,
+    StepLosses,
+    Strategy,
+    Trained,
+    batch_accuracy,
+    lightning_optimization,
+    plain,
+    probe,
+)
+
+if TYPE_CHECKING:
+    from kdlab.context import RunContext
+
+
+@dataclass
+class SelfDistill(Strategy):
+    """Be Your Own Teacher: heads on the student's stages learn from its deepest classifier
+    (``SelfDistillation``). Reports the student without its heads, and each exit (``exits``)."""
+
+    name = "self"
+    heads: list[str] | None = None  # tap paths that get a head; null: every declared feature stage but the last
+    feature_weight: NonNegativeFloat = 0.05
+
+    def __post_init__(self):
+        self.heads = plain(self.heads)
+        super().__post_init__()
+
+    def fit(self, run: RunContext) -> Fitted:
+        spec = run.cfg.student
+        optimizer, scheduler = run.optimization(spec)
+        self.module = SelfDistillation(
+            run.model(spec),
+            run.terms(),
+            optimizer,
+            run.data.num_classes,
+            run.data.input_shape,
+            scheduler,
+            self.heads,
+            self.feature_weight,
+        )
+        trainer = run.fit(self.module)
+        student = Trained(self.module.student, spec.arch, OmegaConf.to_container(spec.kwargs, resolve=True))
+        return Fitted(student, None, self.module.best_val_acc(), trainer)
+
+    def results(self, data) -> dict:
+        exits = [
+            {
+                "exit": i,
+                "tap": path,
+                "test_acc": model_report(m, path, data)[0]["test_acc"],
+                "head_params": count_params(self.module.heads[i]),
+            }
+            for i, (path, m) in enumerate(self.module.exits())
+        ]
+        return {"exits": exits}
 
 
 class AuxHead(nn.Module):
@@ -48,18 +106,16 @@ class Exit(nn.Module):
         return self.head(self.taps.pop()[self.path])[0]
 
 
-class SelfDistillation(pl.LightningModule):
+class SelfDistillation(DistillationModule):
     """Be Your Own Teacher (Zhang, Song, Gao, Chen, Bao & Ma, ICCV 2019).
 
     Auxiliary heads sit on the student's intermediate stages (``heads``: tap paths; null:
     every declared feature stage but the last). Each head gets the response terms of
-    ``distill`` with the network's own (deepest) classifier as the teacher, detached; the
+    ``method`` with the network's own (deepest) classifier as the teacher, detached; the
     deepest classifier gets the terms that need no teacher. Each head's bottleneck features
     also regress the network's penultimate embedding (``feature_weight``, mean squared
     error). The heads are not part of the student that is reported and exported.
     """
-
-    name = "self"
 
     def __init__(
         self,
@@ -72,12 +128,13 @@ class SelfDistillation(pl.LightningModule):
         heads: Sequence[str] | None = None,
         feature_weight: float = 0.05,
     ):
-        super().__init__()
         if any(isinstance(t, FeatureTerm) for t in terms.values()):
             raise KdlabError("self-distillation takes response terms (kd, dkd, dist, ...); use a response method")
+        head_paths = list(heads) if heads else feature_stages(student, "student")[:-1]
+        super().__init__(num_classes, [*(f"exit{i}" for i in range(len(head_paths))), STUDENT])
         self.student = student
         self.terms = nn.ModuleDict(dict(terms))
-        self.head_paths = list(heads) if heads else feature_stages(student, "student")[:-1]
+        self.head_paths = head_paths
         if not self.head_paths:
             raise KdlabError("self-distillation needs at least one intermediate stage for a head: set strategy.heads")
         self.taps = FeatureTaps(student, [*self.head_paths, PRE_LOGITS], "student")
@@ -86,11 +143,6 @@ class SelfDistillation(pl.LightningModule):
         self.heads = nn.ModuleList(AuxHead(feats[p].shape[1:], embed_dim, num_classes) for p in self.head_paths)
         self.feature_weight = feature_weight
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.val_acc = nn.ModuleList(
-            MulticlassAccuracy(num_classes, average="micro") for _ in range(len(self.heads) + 1)
-        )
-        self.val_acc_best = MaxMetric()
-        self.train_means, self.val_means = RunningMeans(), RunningMeans()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
@@ -99,9 +151,7 @@ class SelfDistillation(pl.LightningModule):
         """(tap path, model up to that head) for each auxiliary exit, shallow to deep."""
         return [(p, Exit(self.student, self.taps, p, h)) for p, h in zip(self.head_paths, self.heads)]
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y, *rest = batch
-        index = rest[0] if rest else None
+    def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:
         logits = self.student(x)
         feats = self.taps.pop()
         deep_embed = feats[PRE_LOGITS].flatten(1).detach()
@@ -115,32 +165,13 @@ class SelfDistillation(pl.LightningModule):
                 losses[f"loss_{n}"] = losses.get(f"loss_{n}", 0.0) + t(out)
             hint.append(hint_loss(embed, deep_embed))
         losses["loss_hint"] = self.feature_weight * torch.stack(hint).sum()
-        loss = torch.stack(list(losses.values())).sum()
-        check_finite(loss, losses, self.current_epoch, self.global_step)
-        self.train_means.add({"loss": loss, **losses, "acc": (logits.detach().argmax(-1) == y).float().mean()}, len(y))
-        return loss
+        return StepLosses(torch.stack(list(losses.values())).sum(), losses, {"acc": batch_accuracy(logits, y)})
 
-    def on_train_epoch_end(self) -> None:
-        self.log_dict({f"train/{k}": v for k, v in self.train_means.pop().items()}, sync_dist=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch[0], batch[1]
+    def outputs(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.student(x)
         feats = self.taps.pop()
-        for i, head in enumerate(self.heads):
-            self.val_acc[i].update(head(feats[self.head_paths[i]])[0], y)
-        self.val_acc[-1].update(logits, y)
-        self.val_means.add({"loss": F.cross_entropy(logits, y)}, len(y))
-
-    def on_validation_epoch_end(self) -> None:
-        accs = [m.compute() for m in self.val_acc]
-        for m in self.val_acc:
-            m.reset()
-        self.log_dict({f"val/{k}": v for k, v in self.val_means.pop().items()}, sync_dist=True)
-        self.log_dict({f"val/exit{i}/acc": a for i, a in enumerate(accs[:-1])}, sync_dist=True)
-        self.log("val/acc", accs[-1], prog_bar=True, sync_dist=True)
-        if not self.trainer.sanity_checking:
-            self.val_acc_best(accs[-1])
+        exits = {f"exit{i}": head(feats[path])[0] for i, (path, head) in enumerate(zip(self.head_paths, self.heads))}
+        return {**exits, STUDENT: logits}
 
     def configure_optimizers(self):
         return lightning_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)

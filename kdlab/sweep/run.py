@@ -26,8 +26,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import optuna
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
@@ -36,10 +34,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kdlab import CONFIG_DIR
-from kdlab.errors import KdlabError
+from kdlab.config import compose, upgrade_overrides, validate
+from kdlab.context import quiet_third_party
+from kdlab.errors import KdlabError, one_line_errors
 from kdlab.sweep.space import Param, parse_space
 from kdlab.train import run as train_run
-from kdlab.trainer import quiet_third_party
 
 log = logging.getLogger("kdlab.sweep")
 USAGE = "usage: kdlab-sweep sweeps=<name> [--n-jobs N] [overrides ...]"
@@ -56,14 +55,6 @@ class MetricHistory(pl.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and not trainer.sanity_checking:
             self.values.append(float(value))
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    try:
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            return compose("train", overrides=overrides)
-    except HydraException as e:
-        raise KdlabError(str(e).strip().splitlines()[0]) from e
 
 
 def storage_url(cfg: DictConfig) -> str:
@@ -120,7 +111,7 @@ def objective(cfg: DictConfig, space: list[Param], base_overrides: list[str], st
         values = {p.key: p.suggest(trial) for p in space}
         trial_overrides = [p.override(values[p.key]) for p in space]
         extra = [f"logger.wandb.group={s.study_name}"] if uses_wandb else []
-        trial_cfg = compose_train([*base_overrides, *trial_overrides, *extra])
+        trial_cfg, choices = compose([*base_overrides, *trial_overrides, *extra])
         out_dir = study_dir / f"trial_{trial.number:03d}"
         trial.set_user_attr("run_dir", str(out_dir))
         trial.set_user_attr("overrides", trial_overrides)
@@ -134,6 +125,8 @@ def objective(cfg: DictConfig, space: list[Param], base_overrides: list[str], st
                 callbacks=[PyTorchLightningPruningCallback(trial, monitor=s.metric), history],
                 tags=[f"study:{s.study_name}", f"trial:{trial.number}"],
                 summary=False,
+                experiment=choices.get("experiments"),
+                pruned=(optuna.TrialPruned,),
             )
         except optuna.TrialPruned:
             print(
@@ -229,20 +222,29 @@ def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
     return flags, overrides
 
 
-def sweep(argv: list[str]) -> optuna.Study:
-    flags, overrides = parse_argv(argv)
-    quiet_third_party()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-    cfg = compose_train(overrides)
+def load_sweep(overrides: list[str]) -> tuple[DictConfig, list[Param]]:
+    """The composed, checked config of a sweep command (``sweep.study_name`` filled in, the study's
+    folder as ``paths.output_dir``) and its search space."""
+    cfg, choices = compose(overrides)
     if "sweep" not in cfg:
         sweeps = sorted(p.stem for p in (CONFIG_DIR / "sweeps").glob("*.yaml"))
         raise KdlabError(f"no sweep given; {USAGE}; sweeps: {', '.join(sweeps)}")
+    if cfg.sweep.study_name is None:  # named after its file: sweeps=kd_temperature_alpha -> kd_temperature_alpha
+        cfg.sweep.study_name = choices["sweeps"].replace("/", "_")
+    cfg.paths.output_dir = str(Path(cfg.paths.sweep_dir) / cfg.sweep.study_name)
+    validate(cfg)  # the training values and the study settings, before any trial
+    return cfg, parse_space(cfg.sweep.params, cfg)
+
+
+def sweep(argv: list[str]) -> optuna.Study:
+    flags, overrides = parse_argv(argv)
+    overrides = upgrade_overrides(overrides)
+    quiet_third_party()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    cfg, space = load_sweep(overrides)
     s = cfg.sweep
-    if s.direction not in ("maximize", "minimize"):
-        raise KdlabError(f"sweep.direction={s.direction}: use maximize or minimize")
-    space = parse_space(s.params, cfg)
-    study_dir = Path(cfg.paths.sweep_dir) / s.study_name
+    study_dir = Path(cfg.paths.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(cfg)
     storage = make_storage(url, int(s.retries))
@@ -291,11 +293,8 @@ def sweep(argv: list[str]) -> optuna.Study:
 
 def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    try:
+    with one_line_errors("kdlab-sweep"):
         sweep(sys.argv[1:])
-    except KdlabError as e:
-        print(f"kdlab-sweep: error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The search space of a sweep: ``sweep.params`` in a sweep file, checked against the config.
 
     params:
-      distill.terms.kd.temperature: {type: float, low: 1.0, high: 20.0, log: true}
-      distill.terms.kd.weight: {type: float, low: 0.0, high: 1.0}
+      method.terms.kd.temperature: {type: float, low: 1.0, high: 20.0, log: true}
+      method.terms.kd.weight: {type: float, low: 0.0, high: 1.0}
       data.batch_size: {type: int, low: 32, high: 256, step: 32}
-      distill: {type: categorical, choices: [kd, dkd]}     # a config group: picks the file
+      method: {type: categorical, choices: [kd, dkd]}     # a config group: picks the file
 
 Keys are dotted config keys of the composed training config, or config group names
 (categorical only). Each trial's values become ordinary overrides (``key=value``).
@@ -48,7 +48,7 @@ class Param:
 
 
 def config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of ``cfg``, nodes and leaves (``distill``, ``distill.terms.kd.weight``, ...)."""
+    """Every dotted key of ``cfg``, nodes and leaves (``method``, ``method.terms.kd.weight``, ...)."""
     keys = []
     for k, v in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
         key = f"{prefix}{k}"
@@ -65,7 +65,7 @@ def config_groups() -> list[str]:
 def parse_space(params: Mapping, cfg: DictConfig) -> list[Param]:
     """Check ``sweep.params`` against the composed config; one clear error per mistake."""
     if not params:
-        raise KdlabError("sweep.params is empty; give at least one key to search, e.g. distill.terms.kd.temperature")
+        raise KdlabError("sweep.params is empty; give at least one key to search, e.g. method.terms.kd.temperature")
     keys = [k for k in config_keys(cfg) if not k.startswith(("sweep", "hydra", "paths"))]
     groups = config_groups()
     space = []

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from kdlab.distill import AT, CRD, DKD, KD, CrossEntropy, FitNet, StepOutputs
-from kdlab.distill.feature import regressor
 from kdlab.errors import KdlabError
 from kdlab.losses import dkd_loss
+from kdlab.methods import AT, CRD, DKD, KD, CrossEntropy, FitNet, StepOutputs
+from kdlab.methods.feature import regressor
 from kdlab.models import create_model
 from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.strategies import OfflineDistillation

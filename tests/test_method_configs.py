@@ -7,7 +7,7 @@ from kdlab import CONFIG_DIR
 from kdlab.errors import KdlabError
 from tests.conftest import compose_cfg
 
-METHODS = sorted(p.stem for p in (CONFIG_DIR / "distill").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 PAIRS = {
     "mnist1d": ["teacher=cnn1d", "student=cnn_tiny"],  # 1-D maps: (b, c, L)
     "digits": ["data=digits", "teacher=cnn_small", "student=cnn_tiny"],  # 2-D maps: (b, c, h, w)
@@ -18,8 +18,8 @@ LEARNABLE = {"fitnet": "terms.fitnet.regressors.", "crd": "terms.crd.memory.memo
 @pytest.mark.parametrize("data", sorted(PAIRS))
 @pytest.mark.parametrize("method", METHODS)
 def test_method_runs_end_to_end(train, method, data):
-    r = train([f"distill={method}", *PAIRS[data]])
-    assert r["method"] == compose_cfg([f"distill={method}"]).distill.name
+    r = train([f"method={method}", *PAIRS[data]])
+    assert r["method"] == compose_cfg([f"method={method}"]).method.name
     assert 0.0 <= r["student"]["test_acc"] <= 1.0 and r["student"]["arch"] == "cnn_tiny"
     assert (r["teacher"] is None) == (method in ("none", "tfkd"))  # no term needs a teacher
     state = torch.load(r["_dir"] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -29,15 +29,15 @@ def test_method_runs_end_to_end(train, method, data):
 
 @pytest.mark.parametrize("method", ["fitnet", "sp", "pkt", "rkd", "crd", "kd", "dkd", "dist"])
 def test_methods_that_take_vectors_run_with_the_mlp_student(train, method):
-    r = train([f"distill={method}", "distill.terms.crd.nce_k=64" if method == "crd" else "seed=0"])
+    r = train([f"method={method}", "method.terms.crd.nce_k=64" if method == "crd" else "seed=0"])
     assert r["student"]["arch"] == "mlp"
 
 
 def test_attention_transfer_refuses_students_without_feature_maps(train):
     with pytest.raises(KdlabError, match=r"AT needs spatial feature maps.*'blocks.0' gives \(2, 100\)"):
-        train(["distill=at"])  # the default MLP student
+        train(["method=at"])  # the default MLP student
 
 
 def test_teacher_ensemble_runs_with_response_methods(train, caplog):
-    r = train(["teacher=cnn1d_ensemble", "distill=kd"])
+    r = train(["teacher=cnn1d_ensemble", "method=kd"])
     assert r["teacher"]["arch"] == "ensemble[cnn1d,cnn1d,cnn1d]" and r["teacher"]["params"] == 3 * 5210

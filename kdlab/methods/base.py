@@ -1,4 +1,4 @@
-"""A distillation method is a dict of weighted terms (``conf/distill/<method>.yaml``).
+"""A distillation method is a dict of weighted terms (``conf/method/<method>.yaml``).
 
 A term wraps one pure loss of ``kdlab.losses`` with its weight and hyper-parameters, says
 which feature taps it reads, and owns the learnable parts its method needs. Strategies hand
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from kdlab.config import NonNegativeFloat, checked
 from kdlab.errors import KdlabError
 from kdlab.models import feature_stages
 
@@ -39,7 +40,12 @@ class Term(nn.Module):
 
     needs_teacher: bool = True
 
-    def __init__(self, weight: float = 1.0):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # arguments are checked against their types, from Python as from a config
+            cls.__init__ = checked(cls.__init__)
+
+    def __init__(self, weight: NonNegativeFloat = 1.0):
         super().__init__()
         self.weight = float(weight)
         self.student_taps: list[str] = []
@@ -73,7 +79,10 @@ class FeatureTerm(Term):
     """
 
     def __init__(
-        self, weight: float = 1.0, student_taps: Sequence[str] | None = None, teacher_taps: Sequence[str] | None = None
+        self,
+        weight: NonNegativeFloat = 1.0,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
     ):
         super().__init__(weight)
         self.student_taps = list(student_taps or [])

@@ -1,13 +1,13 @@
-"""Distillation methods as weighted loss terms (built from ``conf/distill/*.yaml``).
+"""Distillation methods as weighted loss terms (built from ``conf/method/*.yaml``).
 
 response: CrossEntropy, KD, MSELogits, DKD, DIST, TfKD (teacher-free); feature: FitNet, AT;
 relation: SP, PKT, RKD, CRD.
 """
 
-from kdlab.distill.base import FeatureTerm, StepOutputs, Term
-from kdlab.distill.feature import AT, FitNet
-from kdlab.distill.relation import CRD, PKT, RKD, SP
-from kdlab.distill.response import DIST, DKD, KD, CrossEntropy, MSELogits, TfKD
+from kdlab.methods.base import FeatureTerm, StepOutputs, Term
+from kdlab.methods.feature import AT, FitNet
+from kdlab.methods.relation import CRD, PKT, RKD, SP
+from kdlab.methods.response import DIST, DKD, KD, CrossEntropy, MSELogits, TfKD
 
 __all__ = [
     "Term",

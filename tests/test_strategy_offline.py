@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kdlab.distill import KD, CrossEntropy, FeatureTerm, StepOutputs
 from kdlab.errors import KdlabError
+from kdlab.methods import KD, CrossEntropy, FeatureTerm, StepOutputs
 from kdlab.models import create_model
 from kdlab.strategies import OfflineDistillation
 
@@ -63,7 +63,7 @@ def test_baseline_keeps_no_teacher():
 
 
 def test_a_teacher_term_without_teacher_fails_clearly():
-    with pytest.raises(KdlabError, match=r"distill terms \['kd'\] need a teacher"):
+    with pytest.raises(KdlabError, match=r"method terms \['kd'\] need a teacher"):
         make_module(teacher=False)
 
 

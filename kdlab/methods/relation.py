@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.distill.base import FeatureTerm, StepOutputs
+from kdlab.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from kdlab.errors import KdlabError
 from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
+from kdlab.methods.base import FeatureTerm, StepOutputs
 from kdlab.models import PRE_LOGITS
 
 
@@ -21,7 +22,7 @@ class SP(FeatureTerm):
 
     def __init__(
         self,
-        weight: float = 3000.0,
+        weight: NonNegativeFloat = 3000.0,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):
@@ -51,7 +52,7 @@ class PKT(EmbeddingTerm):
 
     def __init__(
         self,
-        weight: float = 30000.0,
+        weight: NonNegativeFloat = 30000.0,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):
@@ -66,9 +67,9 @@ class RKD(EmbeddingTerm):
 
     def __init__(
         self,
-        weight: float = 1.0,
-        distance_weight: float = 25.0,
-        angle_weight: float = 50.0,
+        weight: NonNegativeFloat = 1.0,
+        distance_weight: NonNegativeFloat = 25.0,
+        angle_weight: NonNegativeFloat = 50.0,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):
@@ -142,11 +143,11 @@ class CRD(EmbeddingTerm):
 
     def __init__(
         self,
-        weight: float = 0.8,
-        feat_dim: int = 128,
-        nce_k: int = 16384,
-        nce_t: float = 0.07,
-        nce_m: float = 0.5,
+        weight: NonNegativeFloat = 0.8,
+        feat_dim: PositiveInt = 128,
+        nce_k: PositiveInt = 16384,
+        nce_t: PositiveFloat = 0.07,
+        nce_m: Fraction = 0.5,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):

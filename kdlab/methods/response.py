@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlab.distill.base import StepOutputs, Term
+from kdlab.config import Bound, NonNegativeFloat, NonNegativeInt, OpenUnit, PositiveFloat
 from kdlab.losses import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
+from kdlab.methods.base import StepOutputs, Term
 
 
 class CrossEntropy(Term):
@@ -14,7 +17,7 @@ class CrossEntropy(Term):
 
     needs_teacher = False
 
-    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, weight: NonNegativeFloat = 1.0, label_smoothing: Annotated[float, Bound(0, 1)] = 0.0):
         super().__init__(weight)
         self.label_smoothing = label_smoothing
 
@@ -22,18 +25,12 @@ class CrossEntropy(Term):
         return F.cross_entropy(out.student_logits, out.target, label_smoothing=self.label_smoothing)
 
 
-def _check_temperature(temperature: float) -> float:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return float(temperature)
-
-
 class KD(Term):
     """Hinton et al. (2015): KL to the teacher's softened distribution, times T^2."""
 
-    def __init__(self, weight: float = 1.0, temperature: float = 4.0):
+    def __init__(self, weight: NonNegativeFloat = 1.0, temperature: PositiveFloat = 4.0):
         super().__init__(weight)
-        self.temperature = _check_temperature(temperature)
+        self.temperature = float(temperature)
 
     def loss(self, out: StepOutputs) -> Tensor:
         return kd_loss(out.student_logits, out.teacher_logits, self.temperature)
@@ -55,15 +52,15 @@ class DKD(Term):
 
     def __init__(
         self,
-        weight: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        temperature: float = 4.0,
-        warmup_epochs: int = 20,
+        weight: NonNegativeFloat = 1.0,
+        alpha: NonNegativeFloat = 1.0,
+        beta: NonNegativeFloat = 8.0,
+        temperature: PositiveFloat = 4.0,
+        warmup_epochs: NonNegativeInt = 20,
     ):
         super().__init__(weight)
         self.alpha, self.beta, self.warmup_epochs = alpha, beta, warmup_epochs
-        self.temperature = _check_temperature(temperature)
+        self.temperature = float(temperature)
 
     def loss(self, out: StepOutputs) -> Tensor:
         ramp = min((out.epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
@@ -75,10 +72,16 @@ class DKD(Term):
 class DIST(Term):
     """Huang et al. (2022): inter- (``beta``) and intra-class (``gamma``) Pearson relations."""
 
-    def __init__(self, weight: float = 1.0, beta: float = 2.0, gamma: float = 2.0, temperature: float = 4.0):
+    def __init__(
+        self,
+        weight: NonNegativeFloat = 1.0,
+        beta: NonNegativeFloat = 2.0,
+        gamma: NonNegativeFloat = 2.0,
+        temperature: PositiveFloat = 4.0,
+    ):
         super().__init__(weight)
         self.beta, self.gamma = beta, gamma
-        self.temperature = _check_temperature(temperature)
+        self.temperature = float(temperature)
 
     def loss(self, out: StepOutputs) -> Tensor:
         return dist_loss(out.student_logits, out.teacher_logits, self.beta, self.gamma, self.temperature)
@@ -89,12 +92,12 @@ class TfKD(Term):
 
     needs_teacher = False
 
-    def __init__(self, weight: float = 100.0, correct_prob: float = 0.99, temperature: float = 20.0):
+    def __init__(
+        self, weight: NonNegativeFloat = 100.0, correct_prob: OpenUnit = 0.99, temperature: PositiveFloat = 20.0
+    ):
         super().__init__(weight)
-        if not 0.0 < correct_prob < 1.0:
-            raise ValueError(f"correct_prob must be in (0, 1), got {correct_prob}")
         self.correct_prob = correct_prob
-        self.temperature = _check_temperature(temperature)
+        self.temperature = float(temperature)
 
     def loss(self, out: StepOutputs) -> Tensor:
         return tf_kd_loss(out.student_logits, out.target, self.correct_prob, self.temperature)

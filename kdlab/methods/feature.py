@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdlab.distill.base import FeatureTerm, StepOutputs
+from kdlab.config import NonNegativeFloat, PositiveFloat
 from kdlab.errors import KdlabError
 from kdlab.losses import at_loss, hint_loss
+from kdlab.methods.base import FeatureTerm, StepOutputs
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}
@@ -49,7 +50,7 @@ class FitNet(FeatureTerm):
 
     def __init__(
         self,
-        weight: float = 100.0,
+        weight: NonNegativeFloat = 100.0,
         hint_stage: int = 1,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
@@ -84,8 +85,8 @@ class AT(FeatureTerm):
 
     def __init__(
         self,
-        weight: float = 1000.0,
-        p: float = 2.0,
+        weight: NonNegativeFloat = 1000.0,
+        p: PositiveFloat = 2.0,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):

@@ -1,0 +1,150 @@
+"""What a strategy gets from kdlab-train: the run's config, data, directory, loggers and callbacks,
+and the helpers every strategy needs (terms, models, optimizers, the teacher, a Lightning fit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.seed import isolate_rng
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdlab.callbacks import ProgressBar
+from kdlab.config import instantiate
+from kdlab.models import create_model
+
+
+@dataclass
+class RunContext:
+    """One run: ``cfg`` (the composed config), ``data`` (its data module), ``output_dir`` (where its
+    files go), ``loggers`` and ``callbacks`` (extra Lightning callbacks, e.g. a sweep's pruner)."""
+
+    cfg: DictConfig
+    data: pl.LightningDataModule
+    output_dir: Path
+    loggers: list = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
+
+    def child(self, **changes) -> RunContext:
+        """The same run with other data, directory, loggers or callbacks (a teacher trained on demand)."""
+        return dataclasses.replace(self, **changes)
+
+    def terms(self) -> dict:
+        """A fresh set of the method's weighted terms (``method.terms``)."""
+        return instantiate(self.cfg.method.terms)
+
+    def model(self, spec: DictConfig) -> nn.Module:
+        """The model of a teacher or student preset (``arch``, ``kwargs``, optional pretrained weights)."""
+        return create_model(
+            spec.arch,
+            self.data.num_classes,
+            self.data.input_shape,
+            pretrained=spec.get("pretrained", False),
+            pretrained_path=spec.get("pretrained_path"),
+            **spec.kwargs,
+        )
+
+    @staticmethod
+    def optimization(spec: DictConfig) -> tuple[Callable, Callable | None]:
+        """The (optimizer, scheduler) factories of a preset; the module gives them its parameters."""
+        return instantiate(spec.optimizer), (instantiate(spec.scheduler) if spec.scheduler else None)
+
+    def teacher(self) -> nn.Module:
+        """The offline teacher of ``cfg.teacher`` (a checkpoint, the cache, or trained now and cached).
+        The run's random state is left as it was: a run is the same whether its teacher was cached."""
+        from kdlab.teacher import get_teacher  # the teacher trains through strategies, which use this module
+
+        with isolate_rng():
+            return get_teacher(self)
+
+    def fit(
+        self,
+        module: pl.LightningModule,
+        subdir: str = "",
+        log_prefix: str = "",
+        max_epochs: int | None = None,
+        checkpoints: bool = True,
+        **trainer_overrides,
+    ) -> pl.Trainer:
+        """Train ``module`` on the run's data in ``output_dir/subdir`` (checkpoints there, the best by
+        ``<log_prefix>val/acc``); returns the trainer, the module back on the CPU."""
+        trainer = build_trainer(
+            self.cfg,
+            self.output_dir / subdir,
+            self.loggers,
+            self.cfg.trainer.max_epochs if max_epochs is None else max_epochs,
+            checkpoints,
+            monitor=f"{log_prefix}val/acc",
+            callbacks=self.callbacks,
+            **trainer_overrides,
+        )
+        trainer.fit(module, datamodule=self.data)
+        module.cpu()
+        return trainer
+
+
+def quiet_third_party() -> None:
+    """Keep the terminal for kdlab's own lines: no Lightning tips/device banners, no known-harmless warnings."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for pattern in (
+        ".*does not have many workers.*",  # in-memory tensors need none
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*The number of training batches .* is smaller than the logging interval.*",
+        ".*module\\(s\\) in eval mode at the start of training.*",  # the frozen teacher, on purpose
+    ):
+        warnings.filterwarnings("ignore", pattern)
+
+
+def build_loggers(cfg: DictConfig, tags: list[str]) -> list:
+    """The Lightning loggers of ``cfg.logger`` (W&B gets the run's tags), with the resolved config logged."""
+    loggers = []
+    for lg_cfg in (cfg.logger or {}).values():
+        extra = {"tags": tags} if lg_cfg._target_.endswith("WandbLogger") and not lg_cfg.get("tags") else {}
+        loggers.append(instantiate(lg_cfg, **extra))
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Path,
+    loggers: list,
+    max_epochs: int,
+    checkpoints: bool,
+    monitor: str = "val/acc",
+    callbacks: list | tuple = (),
+    **overrides,
+) -> pl.Trainer:
+    """``cfg.trainer`` plus kdlab's callbacks (last + best ``monitor`` checkpoints, rich progress
+    bar) and the caller's ``callbacks`` (a sweep's pruning callback)."""
+    callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []] + list(callbacks)
+    if checkpoints:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=output_dir / "checkpoints",
+                filename="best-epoch{epoch:03d}",
+                monitor=monitor,
+                mode="max",
+                save_last=True,
+                auto_insert_metric_name=False,
+            )
+        )
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(ProgressBar(refresh_rate=10))
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        max_epochs=max_epochs,
+        enable_checkpointing=checkpoints,
+        default_root_dir=str(output_dir),
+        **overrides,
+    )
