@@ -102,9 +102,7 @@ class TeacherTraining(Strategy):
         if module.trainer.is_global_zero:
             metrics = {"val_acc_best": module.best_val_acc(), "run": str(run.output_dir)}
             cache_teacher(run, t, module.student, metrics, also_to=run.output_dir / WEIGHTS_FILE)
-        teacher = Trained(
-            module.student, getattr(module.student, "kdlab_arch", t.arch), OmegaConf.to_container(t.kwargs)
-        )
+        teacher = Trained(module.student, t.arch, OmegaConf.to_container(t.kwargs))  # one model: no ensemble
         return Fitted(None, teacher, module.best_val_acc(), module.trainer)
 
 

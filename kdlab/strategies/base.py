@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, get_type_hints
+from typing import TYPE_CHECKING, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from kdlab.config import check
+from kdlab.config import check_arguments
 from kdlab.errors import KdlabError
 from kdlab.methods import Term
 from kdlab.models import FeatureTaps
@@ -75,9 +75,10 @@ class Strategy:
     name: ClassVar[str | None] = None  # results.json's "strategy"
 
     def __post_init__(self):
-        types = get_type_hints(type(self), include_extras=True)
-        for f in dataclasses.fields(self):  # a strategy built from Python is checked as its config is
-            check(f"strategy.{f.name}", plain(getattr(self, f.name)), types[f.name])
+        for f in dataclasses.fields(self):  # plain lists and dicts, whether built from YAML or Python
+            setattr(self, f.name, plain(getattr(self, f.name)))
+        # a strategy built from Python is checked as its config is
+        check_arguments(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "strategy")
 
     def labels(self, cfg: DictConfig) -> dict[str, str | None]:
         """What this run trains, by role: results.json's header and the W&B tags (``role:name``)."""

@@ -24,7 +24,6 @@ from kdlab.strategies.base import (
     Trained,
     batch_accuracy,
     optimization,
-    plain,
     probe,
 )
 
@@ -45,10 +44,6 @@ class Online(Strategy):
     peers: Annotated[int, Bound(2)] | list[dict] = 2
     mode: Literal["mutual", "ensemble"] = "mutual"
     deploy: Literal["best"] | NonNegativeInt = "best"
-
-    def __post_init__(self):
-        self.peers = plain(self.peers)
-        super().__post_init__()
 
     def peer_specs(self, student: DictConfig) -> list[DictConfig]:
         """The preset of each peer: ``student`` with the peer's overrides."""

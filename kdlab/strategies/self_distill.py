@@ -26,7 +26,6 @@ from kdlab.strategies.base import (
     Trained,
     batch_accuracy,
     lightning_optimization,
-    plain,
     probe,
 )
 
@@ -42,10 +41,6 @@ class SelfDistill(Strategy):
     name = "self"
     heads: list[str] | None = None  # tap paths that get a head; null: every declared feature stage but the last
     feature_weight: NonNegativeFloat = 0.05
-
-    def __post_init__(self):
-        self.heads = plain(self.heads)
-        super().__post_init__()
 
     def fit(self, run: RunContext) -> Fitted:
         spec = run.cfg.student
