@@ -8,6 +8,11 @@ any strategy (offline, online, self) without new code.
 A strategy calls, in order: ``select_taps(student, teacher)`` (choose module paths),
 ``build(student_feats, teacher_feats)`` (learnable parts from probed shapes),
 ``prepare(train_targets)`` (data-dependent state, at fit start), then ``forward`` each step.
+
+A term may declare an **initialisation phase** (``init_phase``): before the student's training,
+the offline strategy trains ``init_modules(student)`` on ``init_loss`` for the phase's epochs
+(RepDistiller's ``init`` for AB, FT and FSP), as a fit of its own: logged under
+``init_<term>/``, checkpointed in ``init_<term>/checkpoints``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,24 @@ class StepOutputs:
     teacher_feats: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None  # (b,) position of each sample in the training split
     epoch: int = 0  # 0-based
+
+
+@dataclass(frozen=True)
+class InitPhase:
+    """A phase a term trains before the student's: ``epochs`` of SGD (``lr``, ``momentum``,
+    ``weight_decay``, no schedule) on the term's ``init_loss``, as RepDistiller's ``init``."""
+
+    epochs: int
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's children except its classifier (RepDistiller's ``get_feat_modules``)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    return [m for m in model.children() if m is not head]
 
 
 class Term(nn.Module):
@@ -61,6 +84,19 @@ class Term(nn.Module):
         """Set up state that depends on the training data (memory banks). Default: none."""
 
     def loss(self, out: StepOutputs) -> Tensor:
+        raise NotImplementedError
+
+    def init_phase(self) -> InitPhase | None:
+        """The phase this term trains before the student's training, if any. Default: none."""
+        return None
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        """What the initialisation phase trains (the term's connectors, the student's feature
+        modules); everything else stays frozen and, unless listed here, in eval mode."""
+        return [self]
+
+    def init_loss(self, out: StepOutputs) -> Tensor:
+        """The (unweighted) loss of the initialisation phase."""
         raise NotImplementedError
 
     def forward(self, out: StepOutputs) -> Tensor:

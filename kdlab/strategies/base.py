@@ -135,6 +135,11 @@ class DistillationModule(pl.LightningModule):
     def reported_best(self) -> Tensor:
         return self.val_acc_best[STUDENT].compute()
 
+    def reset_validation(self) -> None:
+        """Forget the best validation accuracy (a new phase of training starts)."""
+        for metric in self.val_acc_best.values():
+            metric.reset()
+
     def best_val_acc(self) -> float:
         """The best ``val/acc`` so far (-inf without validation)."""
         return self.reported_best().item()
@@ -238,6 +243,20 @@ def lightning_optimization(params: Iterable[nn.Parameter], optimizer: Callable, 
     """``configure_optimizers``' answer for one optimizer stepped by Lightning (scheduler per epoch)."""
     opt, sch = optimization(params, optimizer, scheduler)
     return opt if sch is None else {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+
+
+def no_init_phases(terms: Mapping[str, Term], strategy: str) -> Mapping[str, Term]:
+    """``terms``, refused in one line when one of them declares an initialisation phase, which only
+    the offline strategies (offline, born_again) train."""
+    for name, term in terms.items():
+        phase = term.init_phase()
+        if phase is not None and phase.epochs > 0:
+            raise KdlabError(
+                f"method.terms.{name} ({type(term).__name__}) trains an initialisation phase before the student, "
+                f"which strategy={strategy} does not run; use strategy=offline, or set "
+                f"method.terms.{name}.init_epochs=0 to skip it"
+            )
+    return terms
 
 
 def prepare_terms(trainer, terms: Iterable[Term]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,6 +75,14 @@ def train_offline(
         teacher=teacher,
         log_prefix=log_prefix,
     )
+    for name, term in terms.items():  # the terms' initialisation phases (AB, FT, FSP): each a fit of its own
+        phase = term.init_phase()
+        if phase is not None and phase.epochs > 0:
+            module.phase, module.log_prefix = name, f"{log_prefix}init_{name}/"
+            subdir = str(Path(fit.get("subdir", "")) / f"init_{name}")
+            run.fit(module, subdir=subdir, log_prefix=module.log_prefix, max_epochs=phase.epochs)
+            module.phase, module.log_prefix = None, log_prefix
+            module.reset_validation()
     run.fit(module, log_prefix=log_prefix, **fit)
     return module
 
@@ -108,6 +117,7 @@ class OfflineDistillation(DistillationModule):
         if needs_teacher and teacher is None:
             raise KdlabError(f"method terms {needs_teacher} need a teacher, but none was given")
         self.student = student
+        self.phase: str | None = None  # a term's name while its initialisation phase trains
         self.teacher = teacher.requires_grad_(False).eval() if needs_teacher else None
         self.terms = nn.ModuleDict(dict(terms))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -132,7 +142,14 @@ class OfflineDistillation(DistillationModule):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+        if self.phase is not None and mode:  # only what the phase trains is in train mode
+            self.student.eval()
+            for m in self.init_modules():
+                m.train()
         return self
+
+    def init_modules(self) -> list[nn.Module]:
+        return self.terms[self.phase].init_modules(self.student)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
@@ -149,7 +166,10 @@ class OfflineDistillation(DistillationModule):
 
     def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:
         out = self.step_outputs(x, y, index)
-        terms = {f"loss_{name}": term(out) for name, term in self.terms.items()}
+        if self.phase is not None:
+            terms = {f"loss_{self.phase}": self.terms[self.phase].init_loss(out)}
+        else:
+            terms = {f"loss_{name}": term(out) for name, term in self.terms.items()}
         return StepLosses(
             torch.stack(list(terms.values())).sum(), terms, {"acc": batch_accuracy(out.student_logits, y)}
         )
@@ -160,5 +180,9 @@ class OfflineDistillation(DistillationModule):
         return {STUDENT: logits}
 
     def configure_optimizers(self):
+        if self.phase is not None:  # SGD on what the phase trains, no schedule (RepDistiller's init)
+            p = self.terms[self.phase].init_phase()
+            params = list({id(q): q for m in self.init_modules() for q in m.parameters() if q.requires_grad}.values())
+            return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         # the student and the terms' learnable parts; the frozen teacher has none to give
         return lightning_optimization(self.parameters(), self.optimizer_factory, self.scheduler_factory)

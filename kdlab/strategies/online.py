@@ -23,6 +23,7 @@ from kdlab.strategies.base import (
     Strategy,
     Trained,
     batch_accuracy,
+    no_init_phases,
     optimization,
     probe,
 )
@@ -57,7 +58,7 @@ class Online(Strategy):
         optimizers, schedulers = zip(*(run.optimization(spec) for spec in self.specs))
         self.module = OnlineDistillation(
             models,
-            run.terms(),
+            no_init_phases(run.terms(), "online"),
             list(optimizers),
             run.data.num_classes,
             run.data.input_shape,

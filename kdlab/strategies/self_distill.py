@@ -26,6 +26,7 @@ from kdlab.strategies.base import (
     Trained,
     batch_accuracy,
     lightning_optimization,
+    no_init_phases,
     probe,
 )
 
@@ -47,7 +48,7 @@ class SelfDistill(Strategy):
         optimizer, scheduler = run.optimization(spec)
         self.module = SelfDistillation(
             run.model(spec),
-            run.terms(),
+            no_init_phases(run.terms(), "self"),
             optimizer,
             run.data.num_classes,
             run.data.input_shape,
