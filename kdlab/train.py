@@ -108,10 +108,15 @@ def report(cfg: DictConfig, fitted: Fitted, data, header: dict) -> dict:
     s, t = fitted.student, fitted.teacher
     results = {**header, **evaluate(s and s.model, s and s.arch, t and t.model, t and t.arch, data, cfg.measure_speed)}
     trained = results["student"] or results["teacher"]
-    trained["val_acc_best"] = round(fitted.val_acc_best, 6)
-    trained["test_acc_best_val"] = best_checkpoint_accuracy(
-        fitted.reported.model, fitted.best_checkpoint, fitted.checkpoint_prefix, data
-    )
+    if getattr(data, "validates_on_test", False):  # no validation split: the best epoch is the best test epoch
+        trained["val_acc_best"] = trained["test_acc_best_val"] = None
+        trained["test_acc_best_epoch"] = round(fitted.val_acc_best, 6)
+    else:
+        trained["val_acc_best"] = round(fitted.val_acc_best, 6)
+        trained["test_acc_best_val"] = best_checkpoint_accuracy(
+            fitted.reported.model, fitted.best_checkpoint, fitted.checkpoint_prefix, data
+        )
+        trained["test_acc_best_epoch"] = None
     return results
 
 

@@ -60,11 +60,20 @@ def test_baseline_run_has_no_teacher(train):
     assert r["method"] == "none" and r["student"]["test_acc"] > 0
 
 
-def test_run_without_validation_writes_strict_json(train):
-    r = train(["method=none", "data.val_fraction=0.0"])
+def test_without_a_validation_split_validation_runs_on_the_test_set(train):
+    # the benchmarks' protocol: train on everything, report the last and the best test epoch
+    r = train(["method=none", "data.val_fraction=0.0", "trainer.max_epochs=3"])
     text = (r["_dir"] / "results.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
-    assert json.loads(text)["student"]["val_acc_best"] is None and r["student"]["test_acc"] > 0
+    s = json.loads(text)["student"]
+    assert s["val_acc_best"] is None and s["test_acc_best_val"] is None
+    # the last epoch is one of the epochs the best is chosen from
+    assert s["test_acc_best_epoch"] >= s["test_acc"] - 1e-6 and s["test_acc"] > 0
+
+
+def test_with_a_validation_split_the_best_epoch_is_chosen_on_validation(train):
+    s = train(["method=none"])["student"]
+    assert s["test_acc_best_epoch"] is None and s["val_acc_best"] is not None and s["test_acc_best_val"] is not None
 
 
 def test_teacher_is_trained_once_then_reused_and_results_do_not_depend_on_it(train, cache_dir, caplog):

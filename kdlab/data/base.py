@@ -109,6 +109,13 @@ class KDDataModule(pl.LightningDataModule):
         self.test_set: Dataset | None = None
 
     @property
+    def validates_on_test(self) -> bool:
+        """No validation split (``val_fraction=0``): the model trains on the whole training set and
+        validation runs on the test set, the CRD / DKD / MNIST-1D papers' protocol. The best
+        epoch is then selected on the test set, and reported as such (``test_acc_best_epoch``)."""
+        return self.val_fraction == 0
+
+    @property
     def in_chans(self) -> int:
         return self.input_shape[0]
 
@@ -151,7 +158,7 @@ class KDDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set if self.validates_on_test else self.val_set, self.eval_batch_size, False)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
@@ -160,4 +167,8 @@ class KDDataModule(pl.LightningDataModule):
     def describe(self) -> str:
         self.setup()
         sizes = "/".join(str(len(d)) for d in (self.train_set, self.val_set, self.test_set))
-        return f"{self.name}: {sizes} train/val/test, input {tuple(self.input_shape)}, {self.num_classes} classes"
+        if self.validates_on_test:
+            sizes = f"{len(self.train_set)}/{len(self.test_set)} train/test (validation on the test set)"
+        else:
+            sizes += " train/val/test"
+        return f"{self.name}: {sizes}, input {tuple(self.input_shape)}, {self.num_classes} classes"
