@@ -93,7 +93,7 @@ class TfKD(Term):
     needs_teacher = False
 
     def __init__(
-        self, weight: NonNegativeFloat = 100.0, correct_prob: OpenUnit = 0.99, temperature: PositiveFloat = 20.0
+        self, weight: NonNegativeFloat = 10.0, correct_prob: OpenUnit = 0.99, temperature: PositiveFloat = 20.0
     ):
         super().__init__(weight)
         self.correct_prob = correct_prob
