@@ -2,7 +2,15 @@
 
 from kdlab.models import cifar, zoo  # noqa: F401  (register the kdlab zoo and the CRD/DKD CIFAR zoo into timm)
 from kdlab.models.factory import check_model, count_params, create_model
-from kdlab.models.taps import PRE_LOGITS, FeatureTaps, feature_stages, module_paths
+from kdlab.models.taps import (
+    INPUT,
+    PRE_LOGITS,
+    FeatureTaps,
+    bn_before_relu,
+    feature_stages,
+    module_paths,
+    preact_stages,
+)
 
 __all__ = [
     "create_model",
@@ -10,6 +18,9 @@ __all__ = [
     "count_params",
     "FeatureTaps",
     "feature_stages",
+    "preact_stages",
+    "bn_before_relu",
     "module_paths",
     "PRE_LOGITS",
+    "INPUT",
 ]

@@ -14,6 +14,19 @@ keys are renamed to ``head.`` (reference ``fc.``, ``classifier.``, ``classifier.
 - blocks return one tensor (the reference returns ``(out, preact)`` from last blocks) and the
   VGG blocks end with their ReLU, so ``feature_taps`` record post-activation outputs.
 
+Taps (module paths whose output a forward hook records; ``kdlab.models.taps``):
+
+- ``feature_taps``: the reference's ``feats[1:-1]`` of ``forward(x, is_feat=True)`` (RepDistiller;
+  mdistiller ``feats["feats"][1:]``), the stem ``f0`` and the pooled vector left out;
+- ``preact_taps``: the same stages as ``forward(x, is_feat=True, preact=True)`` returns them
+  (mdistiller ``feats["preact_feats"][1:]``), one per feature stage. Where the pre-activation is
+  no module's output, a parameter-free ``nn.Identity()`` named ``preact`` marks it (no state-dict
+  key, no change to the forward values), and no in-place ReLU follows a recorded pre-activation,
+  so it keeps its negative values after the forward pass;
+- ``bn_taps``: the BatchNorm modules of the reference's ``get_bn_before_relu()`` (OFD's margins),
+  one per pre-activation stage; identical in RepDistiller and mdistiller, which both raise for
+  the ShuffleNets (declared empty here).
+
 The VGGs are registered as ``vgg8_cifar`` ... ``vgg19_cifar`` (and ResNet50 as
 ``resnet50_cifar``) so that timm's ImageNet ``vgg11``-``vgg19`` and ``resnet50`` keep their
 names; the config presets ``teacher=vgg13`` and ``student=vgg8`` point at the CIFAR ones.
@@ -58,7 +71,11 @@ def _init_like_reference(model: nn.Module, linear: str = "torch") -> None:
 
 
 class _CifarNet(ClassifierMixin, nn.Module):
-    """timm's contract for the CIFAR zoo: ``forward_features`` pools the last map to (b, C)."""
+    """timm's contract for the CIFAR zoo: ``forward_features`` pools the last map to (b, C).
+    Besides ``feature_taps``, each model declares ``preact_taps`` and ``bn_taps`` (see above)."""
+
+    preact_taps: tuple[str, ...] = ()
+    bn_taps: tuple[str, ...] = ()
 
     def _set_head(self, num_features: int, num_classes: int) -> None:
         self.num_features = num_features
@@ -69,7 +86,8 @@ class _CifarNet(ClassifierMixin, nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus the (1x1 conv-BN) shortcut, then ReLU."""
+    """conv3x3-BN-ReLU-conv3x3-BN plus the (1x1 conv-BN) shortcut, then ReLU. ``preact`` (an
+    identity) outputs the sum before that ReLU, the reference's ``preact``."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -81,17 +99,20 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(_conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+        self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return F.relu(self.preact(out + (x if self.downsample is None else self.downsample(x))))
 
 
 class CifarResNet(_CifarNet):
     """The CIFAR ResNet of depth 6n+2 (He et al. 2016): a 3x3 stem of ``widths[0]`` channels,
     three stages of n basic blocks of ``widths[1:]`` channels (strides 1, 2, 2), global average
     pooling, one linear layer. ``resnet8x4`` / ``resnet32x4`` are the CRD paper's 4x wider nets
-    (widths 32/64/128/256). Taps: ``layer1..3`` (post-ReLU; 32x32, 16x16, 8x8 on CIFAR)."""
+    (widths 32/64/128/256). Taps: ``layer1..3`` (post-ReLU; 32x32, 16x16, 8x8 on CIFAR);
+    pre-activation: ``layer<i>.<n-1>.preact`` (the last block's residual sum before its ReLU);
+    BN before ReLU: ``layer<i>.<n-1>.bn2`` (RepDistiller / mdistiller ``resnet.py``)."""
 
     feature_taps = ("layer1", "layer2", "layer3")
 
@@ -113,6 +134,8 @@ class CifarResNet(_CifarNet):
         self.layer1 = self._stage(widths[0], widths[1], n, 1)
         self.layer2 = self._stage(widths[1], widths[2], n, 2)
         self.layer3 = self._stage(widths[2], widths[3], n, 2)
+        self.preact_taps = tuple(f"layer{i}.{n - 1}.preact" for i in (1, 2, 3))
+        self.bn_taps = tuple(f"layer{i}.{n - 1}.bn2" for i in (1, 2, 3))
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # reference: AvgPool2d(8) over the 8x8 map
         self._set_head(widths[3], num_classes)
         _init_like_reference(self)
@@ -132,12 +155,13 @@ class CifarResNet(_CifarNet):
 
 class WideBlock(nn.Module):
     """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus the shortcut (identity,
-    or a 1x1 conv of the activated input when the width changes)."""
+    or a 1x1 conv of the activated input when the width changes). ``relu1`` is not in place, so
+    that a tap on ``bn1`` (a pre-activation stage) keeps its values."""
 
     def __init__(self, cin: int, cout: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
-        self.relu1 = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU()
         self.conv1 = _conv3x3(cin, cout, stride)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU(inplace=True)
@@ -174,9 +198,17 @@ class WideResNet(_CifarNet):
     global average pooling, one linear layer.
     Taps: ``block1..3``, the stage outputs (32x32, 16x16, 8x8 on CIFAR). The network is
     pre-activation, so they are residual sums before the next BN-ReLU, the reference's ``feats``
-    f1-f3; the post-BN-ReLU map of the last stage is the tap ``relu``."""
+    f1-f3; the post-BN-ReLU map of the last stage is the tap ``relu``.
+    Pre-activation (``preact=True``): the reference applies the BN that follows each stage,
+    ``block2.layer[0].bn1(f1)``, ``block3.layer[0].bn1(f2)``, ``bn1(f3)``: taps ``block2.layer.0.bn1``,
+    ``block3.layer.0.bn1``, ``bn1`` (here the outputs of those BNs in the forward pass itself; the
+    reference calls them a second time, which in training mode updates their running statistics
+    twice per step). So ``relu(preact) != feature``: ``preact = bn(feature)``. BN before ReLU: the
+    same three BNs (RepDistiller / mdistiller ``wrn.py``)."""
 
     feature_taps = ("block1", "block2", "block3")
+    preact_taps = ("block2.layer.0.bn1", "block3.layer.0.bn1", "bn1")
+    bn_taps = ("block2.layer.0.bn1", "block3.layer.0.bn1", "bn1")
 
     def __init__(
         self,
@@ -196,7 +228,7 @@ class WideResNet(_CifarNet):
         self.block2 = WideStage(n, 16 * k, 32 * k, 2, drop_rate)
         self.block3 = WideStage(n, 32 * k, 64 * k, 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(64 * k)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: bn1 is a pre-activation tap
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # reference: avg_pool2d(8) over the 8x8 map
         self._set_head(64 * k, num_classes)
         _init_like_reference(self, linear="zero_bias")
@@ -222,9 +254,13 @@ class VGG(_CifarNet):
     """The CIFAR VGG of RepDistiller with batch norm: five blocks of conv3x3(bias)-BN-ReLU,
     2x2 max-pooling after blocks 0-2 (and after block 3 only for 64x64 inputs, as the
     reference), global average pooling and one linear layer on 512 features (no FC stack).
-    Taps: ``block0..4`` (post-ReLU; 32, 16, 8, 4, 4 pixels wide on CIFAR)."""
+    Taps: ``block1..4`` (post-ReLU; 16, 8, 4, 4 pixels wide on CIFAR), the reference's f1-f4;
+    ``block0`` is its stem f0, left out like the other models' stems. The reference's blocks end
+    with their last BN and ``forward`` applies the ReLU (``f<i>_pre`` is the BN output); here the
+    blocks end with that ReLU, not in place, so the pre-activation taps are the blocks' last BNs
+    (``block<i>.<3 * convs - 2>``), which are also the BNs of ``get_bn_before_relu``."""
 
-    feature_taps = ("block0", "block1", "block2", "block3", "block4")
+    feature_taps = ("block1", "block2", "block3", "block4")
 
     def __init__(
         self,
@@ -242,8 +278,12 @@ class VGG(_CifarNet):
             for w in widths:
                 layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 cin = w
-            # the reference drops the block's last ReLU and applies it in forward; same indices here
+            # the reference drops the block's last ReLU and applies it in forward (same indices
+            # here); not in place, so that the block's last BN output (the pre-activation) survives
+            layers[-1] = nn.ReLU()
             setattr(self, f"block{i}", nn.Sequential(*layers))
+        self.preact_taps = tuple(f"block{i}.{3 * len(VGG_CFGS[depth][i]) - 2}" for i in (1, 2, 3, 4))
+        self.bn_taps = self.preact_taps
         self.pool0, self.pool1, self.pool2, self.pool3 = (nn.MaxPool2d(2, 2) for _ in range(4))
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self._set_head(cin, num_classes)
@@ -299,9 +339,14 @@ class MobileNetV2(_CifarNet):
     global average pooling, one linear layer. ``mobilenetv2`` is the reference ``mobile_half``
     (expand 6, width 0.5), the "MobileNetV2" of the CRD / DKD tables.
     Taps: ``blocks.1``, ``blocks.2``, ``blocks.4``, ``blocks.6`` (16, 8, 4, 2 pixels wide on
-    CIFAR), the reference's f1-f4; MobileNetV2's stage outputs are linear (no activation)."""
+    CIFAR), the reference's f1-f4; MobileNetV2's stage outputs are linear (no activation), and
+    the pre-activation taps are the same modules: RepDistiller's ``forward`` ignores ``preact``
+    (mdistiller's returns no ``preact_feats`` for MobileNetV2 at all). BN before ReLU: the last
+    block's projection BN of each stage, ``blocks.<i>.<n-1>.conv.7`` (RepDistiller / mdistiller
+    ``get_bn_before_relu``: ``blocks[i][-1].conv[-1]``)."""
 
     feature_taps = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+    preact_taps = feature_taps
 
     #: (expansion, width, blocks, first stride) per stage; ``None`` means ``expand``.
     SETTING = (
@@ -332,6 +377,7 @@ class MobileNetV2(_CifarNet):
                 layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, expand if t is None else t))
                 cin = cout
             self.blocks.append(nn.Sequential(*layers))
+        self.bn_taps = tuple(f"blocks.{i}.{self.SETTING[i][2] - 1}.conv.7" for i in (1, 2, 4, 6))
         last = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(cin, last, 1, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # reference: AvgPool2d(2, ceil_mode=True) over 2x2
@@ -363,7 +409,8 @@ class ChannelShuffle(nn.Module):
 class ShuffleV1Block(nn.Module):
     """ShuffleNet unit: grouped 1x1-BN-ReLU, channel shuffle, depthwise 3x3-BN, grouped 1x1-BN;
     added to the input (stride 1) or concatenated with its 3x3 average pool (stride 2), then ReLU.
-    The first 1x1 of the first unit (on the 24-channel stem) is not grouped, as the reference."""
+    The first 1x1 of the first unit (on the 24-channel stem) is not grouped, as the reference.
+    ``preact`` (an identity) outputs the sum / concatenation before that ReLU (reference ``preact``)."""
 
     def __init__(self, cin: int, cout: int, stride: int, groups: int, first: bool = False):
         super().__init__()
@@ -377,21 +424,25 @@ class ShuffleV1Block(nn.Module):
         self.conv3 = _conv1x1(mid, cout, groups=groups)
         self.bn3 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential(nn.AvgPool2d(3, 2, 1)) if stride == 2 else nn.Sequential()
+        self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.shuffle1(F.relu(self.bn1(self.conv1(x))))
         out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
         res = self.shortcut(x)
-        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+        return F.relu(self.preact(torch.cat([out, res], 1) if self.stride == 2 else out + res))
 
 
 class ShuffleNetV1(_CifarNet):
     """ShuffleNet (g=3) for CIFAR as in RepDistiller: a 1x1 stem of 24 channels (no stride, no
     pooling), three stages of 4/8/4 units of 240/480/960 channels (each starting with a stride-2
     unit), global average pooling, one linear layer.
-    Taps: ``layer1..3`` (post-ReLU; 16, 8, 4 pixels wide on CIFAR)."""
+    Taps: ``layer1..3`` (post-ReLU; 16, 8, 4 pixels wide on CIFAR); pre-activation:
+    ``layer<i>.<n-1>.preact``. No BN before ReLU: the reference's ``get_bn_before_relu`` raises
+    ("ShuffleNet currently is not supported for Overhaul teacher"), so ``bn_taps`` is empty."""
 
     feature_taps = ("layer1", "layer2", "layer3")
+    bn_taps = ()
 
     def __init__(
         self,
@@ -412,6 +463,7 @@ class ShuffleNetV1(_CifarNet):
             units += [ShuffleV1Block(w, w, 1, groups) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*units))
             cin = w
+        self.preact_taps = tuple(f"layer{i + 1}.{n - 1}.preact" for i, n in enumerate(depths))
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # reference: avg_pool2d(4) over the 4x4 map
         self._set_head(cin, num_classes)
 
@@ -435,7 +487,9 @@ class SplitBlock(nn.Module):
 
 class ShuffleV2Block(nn.Module):
     """ShuffleNetV2 unit: keep half the channels, pass the other half through 1x1-BN-ReLU,
-    depthwise 3x3-BN, 1x1-BN-ReLU; concatenate and shuffle (2 groups)."""
+    depthwise 3x3-BN, 1x1-BN-ReLU; concatenate and shuffle (2 groups). ``preact`` (an identity)
+    outputs the reference's ``preact``: the kept half concatenated with the last BN's output
+    before its ReLU, NOT shuffled (so ``shuffle(relu(preact))`` is the unit's output)."""
 
     def __init__(self, channels: int, split_ratio: float = 0.5):
         super().__init__()
@@ -448,11 +502,14 @@ class ShuffleV2Block(nn.Module):
         self.conv3 = _conv1x1(c, c)
         self.bn3 = nn.BatchNorm2d(c)
         self.shuffle = ChannelShuffle(2)
+        self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = self.split(x)
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x2)))))
-        return self.shuffle(torch.cat([x1, F.relu(self.bn3(self.conv3(out)))], 1))
+        pre = self.bn3(self.conv3(out))
+        self.preact(torch.cat([x1, pre], 1))  # only for taps; the reference's preact is unshuffled
+        return self.shuffle(torch.cat([x1, F.relu(pre)], 1))
 
 
 class ShuffleV2Down(nn.Module):
@@ -485,9 +542,12 @@ class ShuffleNetV2(_CifarNet):
     """ShuffleNetV2 1x for CIFAR as in RepDistiller: a 1x1 stem of 24 channels (no stride, no
     pooling), three stages (a stride-2 unit, then 3/7/3 units) of 116/232/464 channels, a 1x1
     conv-BN-ReLU to 1024, global average pooling, one linear layer.
-    Taps: ``layer1..3`` (post-ReLU halves, shuffled; 16, 8, 4 pixels wide on CIFAR)."""
+    Taps: ``layer1..3`` (post-ReLU halves, shuffled; 16, 8, 4 pixels wide on CIFAR);
+    pre-activation: ``layer<i>.<n>.preact`` (unshuffled, as the reference: see ``ShuffleV2Block``).
+    No BN before ReLU: the reference's ``get_bn_before_relu`` raises, so ``bn_taps`` is empty."""
 
     feature_taps = ("layer1", "layer2", "layer3")
+    bn_taps = ()
 
     def __init__(
         self,
@@ -505,6 +565,7 @@ class ShuffleNetV2(_CifarNet):
             units = [ShuffleV2Down(cin, w), *(ShuffleV2Block(w) for _ in range(n))]
             setattr(self, f"layer{i + 1}", nn.Sequential(*units))
             cin = w
+        self.preact_taps = tuple(f"layer{i + 1}.{n}.preact" for i, n in enumerate(depths))
         self.conv2 = _conv1x1(cin, widths[3])
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # reference: avg_pool2d(4) over the 4x4 map
@@ -520,7 +581,8 @@ class ShuffleNetV2(_CifarNet):
 
 
 class Bottleneck(nn.Module):
-    """1x1-BN-ReLU, 3x3 (stride)-BN-ReLU, 1x1 (4x)-BN plus the (1x1 conv-BN) shortcut, then ReLU."""
+    """1x1-BN-ReLU, 3x3 (stride)-BN-ReLU, 1x1 (4x)-BN plus the (1x1 conv-BN) shortcut, then ReLU.
+    ``preact`` (an identity) outputs the sum before that ReLU, the reference's ``preact``."""
 
     expansion = 4
 
@@ -536,18 +598,21 @@ class Bottleneck(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(_conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+        self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.preact(out + self.shortcut(x)))
 
 
 class ResNetBottleneck(_CifarNet):
     """ResNet50 for CIFAR (RepDistiller ``ResNet50``): the ImageNet ResNet50's four bottleneck
     stages (3/4/6/3 blocks, 256-2048 channels, strides 1, 2, 2, 2) on a 3x3 stride-1 stem with
     no max-pool, global average pooling, one linear layer on 2048 features.
-    Taps: ``layer1..4`` (post-ReLU; 32, 16, 8, 4 pixels wide on CIFAR)."""
+    Taps: ``layer1..4`` (post-ReLU; 32, 16, 8, 4 pixels wide on CIFAR); pre-activation:
+    ``layer<i>.<n-1>.preact``; BN before ReLU: ``layer<i>.<n-1>.bn3`` (RepDistiller / mdistiller
+    ``resnetv2.py``)."""
 
     feature_taps = ("layer1", "layer2", "layer3", "layer4")
 
@@ -567,6 +632,8 @@ class ResNetBottleneck(_CifarNet):
             blocks = [Bottleneck(cin if j == 0 else planes * 4, planes, stride if j == 0 else 1) for j in range(n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = planes * 4
+        self.preact_taps = tuple(f"layer{i + 1}.{n - 1}.preact" for i, n in enumerate(depths))
+        self.bn_taps = tuple(f"layer{i + 1}.{n - 1}.bn3" for i, n in enumerate(depths))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self._set_head(cin, num_classes)
         _init_like_reference(self)

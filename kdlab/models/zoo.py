@@ -84,7 +84,8 @@ class MLP(ClassifierMixin, nn.Module):
 
 
 class ConvAct(nn.Sequential):
-    """Conv -> (BatchNorm) -> ReLU."""
+    """Conv -> (BatchNorm) -> ReLU (not in place: a tap on the conv or BN output, the
+    pre-activation, keeps its values)."""
 
     def __init__(self, dims: int, cin: int, cout: int, k: int, stride: int, padding: int, bn: bool):
         layers = [CONV[dims](cin, cout, k, stride=stride, padding=padding, bias=not bn)]
@@ -99,9 +100,12 @@ def _conv_out(n: int, k: int, stride: int, padding: int) -> int:
 class CNN1D(ClassifierMixin, nn.Module):
     """The MNIST-1D paper's ConvNet: three stride-2 convolutions of ``channels`` filters with
     ReLU, flattened into a linear classifier (5210 parameters at the defaults).
-    Taps: ``conv1``, ``conv2``, ``conv3`` (post-activation, (b, channels, L))."""
+    Taps: ``conv1``, ``conv2``, ``conv3`` (post-activation, (b, channels, L)); pre-activation:
+    the convolutions ``conv<i>.0``; no BatchNorm, so no BN before ReLU."""
 
     feature_taps = ("conv1", "conv2", "conv3")
+    preact_taps = ("conv1.0", "conv2.0", "conv3.0")
+    bn_taps = ()
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: Sequence[int] = (40,), channels: int = 25):
         super().__init__()
@@ -122,7 +126,8 @@ class CNN1D(ClassifierMixin, nn.Module):
 class ConvNet(ClassifierMixin, nn.Module):
     """A plain conv-BN-ReLU network for 1-D or 2-D inputs: one stage per entry of ``widths``,
     each after the first halving the resolution, then global average pooling and a linear
-    head. Taps: ``stages.0`` ... (post-activation)."""
+    head. Taps: ``stages.0`` ... (post-activation); pre-activation and BN before ReLU: the
+    stages' BatchNorms ``stages.<i>.1``."""
 
     def __init__(
         self,
@@ -141,6 +146,7 @@ class ConvNet(ClassifierMixin, nn.Module):
             cin = w
         self.stages = nn.Sequential(*stages)
         self.feature_taps = tuple(f"stages.{i}" for i in range(len(widths)))
+        self.preact_taps = self.bn_taps = tuple(f"stages.{i}.1" for i in range(len(widths)))
         self.pool = POOL[dims](1)
         self.num_classes, self.num_features = num_classes, cin
         self.head = nn.Linear(cin, num_classes)
