@@ -1,4 +1,4 @@
-"""Relation-based losses (``kdlab.losses.relation``): RKD, similarity preserving, PKT and CRD.
+"""Relation-based losses (``kdlab.losses.relation``): RKD, similarity preserving, PKT, CRD and CC.
 
 Every reference below is written with plain Python floats / numpy float64 loops straight from the papers'
 (and their reference code's) definitions, never by re-running the torch calls the implementations use.
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
-from tests.reference import F64, randn, seeded
+from kdlab.losses.relation import cc_loss
+from tests.reference import F64, numeric_grad, randn, seeded
 
 # ---------------------------------------------------------------------------------------------
 # independent references (numpy float64 / python floats)
@@ -288,3 +289,56 @@ def test_crd_decreases_as_positive_dominates():
     # the two views enter symmetrically
     s = torch.cat([pos * 2, neg], 1)
     assert crd_loss(s, t, 20).item() == pytest.approx(crd_loss(t, s, 20).item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# CC (RepDistiller's Correlation)
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_cc(s, t) -> float:
+    """RepDistiller's Correlation: delta = |e_s - e_t|; mean over i < b-1 of sum_d delta[i, d] delta[i+1, d]."""
+    s = np.asarray(s, np.float64).reshape(len(s), -1)
+    t = np.asarray(t, np.float64).reshape(len(t), -1)
+    b, d = s.shape
+    terms = [sum(abs(s[i, k] - t[i, k]) * abs(s[i + 1, k] - t[i + 1, k]) for k in range(d)) for i in range(b - 1)]
+    return sum(terms) / len(terms)
+
+
+def test_cc_tiny_case_by_hand():
+    # teacher 0, student rows (1, 0), (0, 2), (3, 3): consecutive products 1*0 + 0*2 = 0 and 0*3 + 2*3 = 6 -> mean 3
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=F64)
+    assert cc_loss(s, torch.zeros_like(s)).item() == pytest.approx(3.0, rel=1e-12)
+    # only |difference| counts: flipping the sign of a row's difference changes nothing
+    assert cc_loss(-s, torch.zeros_like(s)).item() == pytest.approx(3.0, rel=1e-12)
+
+
+def test_cc_matches_reference_and_its_gradient():
+    s, t = randn(6, 5, seed=100), randn(6, 5, seed=101)
+    expected = ref_cc(s.numpy(), t.numpy())
+    assert cc_loss(s, t).item() == pytest.approx(expected, rel=1e-12)
+    assert cc_loss(s.float(), t.float()).item() == pytest.approx(expected, rel=1e-5)
+    # (b, c, L) embeddings are flattened
+    s3, t3 = randn(4, 2, 3, seed=102), randn(4, 6, seed=103)
+    assert cc_loss(s3, t3.view(4, 2, 3)).item() == pytest.approx(ref_cc(s3.numpy(), t3.numpy()), rel=1e-12)
+    # gradients w.r.t. both embeddings (RepDistiller trains the teacher's embedding too); no |x| kink is hit here
+    sg, tg = s.clone().requires_grad_(), t.clone().requires_grad_()
+    cc_loss(sg, tg).backward()
+    np.testing.assert_allclose(sg.grad.numpy(), numeric_grad(lambda x: ref_cc(x, t.numpy()), s.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(tg.grad.numpy(), numeric_grad(lambda x: ref_cc(s.numpy(), x), t.numpy()), rtol=1e-6)
+    assert torch.autograd.gradcheck(cc_loss, (s.clone().requires_grad_(), t.clone().requires_grad_()))
+
+
+def test_cc_limits():
+    s, t = randn(5, 4, seed=104), randn(5, 4, seed=105)
+    assert cc_loss(s, s.clone()).item() == 0.0
+    assert cc_loss(s, t).item() == pytest.approx(cc_loss(t, s).item(), rel=1e-12)  # symmetric
+    assert cc_loss(s * 3, t * 3).item() == pytest.approx(9 * cc_loss(s, t).item(), rel=1e-12)  # quadratic
+    assert cc_loss(s + 7.0, t + 7.0).item() == pytest.approx(cc_loss(s, t).item(), rel=1e-12)  # shift-free
+    # the order of the batch matters (consecutive samples are paired), unlike a correlation matrix's norm
+    assert cc_loss(s[[1, 0, 2, 3, 4]], t[[1, 0, 2, 3, 4]]).item() != pytest.approx(cc_loss(s, t).item(), rel=1e-6)
+    # one sample: no pair, zero and finite with a gradient (RepDistiller's empty mean would be NaN)
+    one = s[:1].clone().requires_grad_()
+    loss = cc_loss(one, t[:1])
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(one.grad, torch.zeros_like(one))

@@ -4,8 +4,18 @@ Grouped as in the survey literature: ``response`` (outputs), ``feature`` (interm
 maps), ``relation`` (relations between samples).
 """
 
-from kdlab.losses.feature import at_loss, attention_map, hint_loss
-from kdlab.losses.relation import crd_loss, pkt_loss, rkd_loss, sp_loss
+from kdlab.losses.feature import (
+    at_loss,
+    attention_map,
+    fsp_loss,
+    fsp_matrix,
+    hint_loss,
+    match_spatial,
+    nst_loss,
+    vid_log_scale,
+    vid_loss,
+)
+from kdlab.losses.relation import cc_loss, crd_loss, pkt_loss, rkd_loss, sp_loss
 from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
 
 __all__ = [
@@ -17,8 +27,15 @@ __all__ = [
     "hint_loss",
     "at_loss",
     "attention_map",
+    "match_spatial",
+    "vid_loss",
+    "vid_log_scale",
+    "fsp_matrix",
+    "fsp_loss",
+    "nst_loss",
     "rkd_loss",
     "sp_loss",
     "pkt_loss",
     "crd_loss",
+    "cc_loss",
 ]

@@ -87,3 +87,21 @@ def crd_loss(student_scores: Tensor, teacher_scores: Tensor, n_data: int, eps: f
         return -(log_d1.sum() + log_d0.sum()) / b
 
     return nce(student_scores) + nce(teacher_scores)
+
+
+def cc_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
+    """Correlation Congruence for Knowledge Distillation (Peng, Jin, Liu, Zhou, Wu, Liu, Li &
+    Zhang, ICCV 2019).
+
+    RepDistiller's ``Correlation``, the code the CRD benchmark's CC numbers come from (its
+    docstring: the authors shared their code): with delta = |e_s - e_t| per sample, ``(b, d)``
+    embeddings (flattened), the mean over consecutive samples i = 0 .. b-2 of
+    sum_d delta[i, d] * delta[i + 1, d]. This is not the paper's formula: the paper matches the
+    (b, b) correlation matrices of the two models' embeddings, k(F_i, F_j) a Gaussian RBF kernel
+    approximated by its order-P Taylor series, as 1/b^2 ||psi(F_t) - psi(F_s)||^2. With fewer
+    than two samples there is no pair and the loss is 0 (RepDistiller would give NaN).
+    """
+    delta = (student_emb - teacher_emb).abs().flatten(1)  # (b, d)
+    if len(delta) < 2:
+        return delta.sum() * 0.0
+    return (delta[:-1] * delta[1:]).sum(1).mean()  # (b - 1,) -> scalar

@@ -1,12 +1,13 @@
 """Distillation methods as weighted loss terms (built from ``conf/method/*.yaml``).
 
-response: CrossEntropy, KD, MSELogits, DKD, DIST, TfKD (teacher-free); feature: FitNet, AT;
-relation: SP, PKT, RKD, CRD.
+response: CrossEntropy, KD, MSELogits, DKD, DIST, TfKD (teacher-free); feature: FitNet, AT, VID,
+FSP, NST; relation: SP, PKT, RKD, CRD, CC; connector (learned modules between the models'
+features): AB, FT, OFD, ReviewKD.
 """
 
 from kdlab.methods.base import FeatureTerm, StepOutputs, Term
-from kdlab.methods.feature import AT, FitNet
-from kdlab.methods.relation import CRD, PKT, RKD, SP
+from kdlab.methods.feature import AT, FSP, NST, VID, FitNet
+from kdlab.methods.relation import CC, CRD, PKT, RKD, SP
 from kdlab.methods.response import DIST, DKD, KD, CrossEntropy, MSELogits, TfKD
 
 __all__ = [
@@ -21,8 +22,12 @@ __all__ = [
     "TfKD",
     "FitNet",
     "AT",
+    "VID",
+    "FSP",
+    "NST",
     "SP",
     "PKT",
     "RKD",
     "CRD",
+    "CC",
 ]

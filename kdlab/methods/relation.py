@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from kdlab.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from kdlab.errors import KdlabError
 from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
+from kdlab.losses.relation import cc_loss
 from kdlab.methods.base import FeatureTerm, StepOutputs
 from kdlab.models import PRE_LOGITS
 
@@ -188,3 +189,48 @@ class CRD(EmbeddingTerm):
         v_s, v_t = self.embed_s(fs), self.embed_t(ft)
         scores_s, scores_t = self.memory(v_s, v_t, out.index, self.negatives(out.index, out.target))
         return crd_loss(scores_s, scores_t, self.memory.n_data)
+
+
+class LinearEmbed(nn.Module):
+    """RepDistiller's ``LinearEmbed``: flatten -> linear (no normalisation)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.flatten(1))
+
+
+class CC(EmbeddingTerm):
+    """Peng et al. (2019): correlation congruence, as RepDistiller's ``--distill correlation``:
+    learnable linear embeddings (``feat_dim``) of both models' penultimate features, both trained
+    with the student, compared by RepDistiller's ``Correlation`` (``cc_loss``; not the paper's
+    kernel correlation matrices, see there)."""
+
+    def __init__(
+        self,
+        weight: NonNegativeFloat = 0.02,
+        feat_dim: PositiveInt = 128,
+        student_taps: Sequence[str] | None = None,
+        teacher_taps: Sequence[str] | None = None,
+    ):
+        super().__init__(weight, student_taps, teacher_taps)
+        self.feat_dim = feat_dim
+
+    def select_taps(self, student, teacher):
+        super().select_taps(student, teacher)
+        if len(self.student_taps) != 1:
+            raise KdlabError(f"CC embeds one feature pair, got taps {self.student_taps} / {self.teacher_taps}")
+
+    def build(self, student_feats, teacher_feats):
+        s, t = student_feats[self.student_taps[0]], teacher_feats[self.teacher_taps[0]]
+        self.embed_s = LinearEmbed(s[0].numel(), self.feat_dim)
+        self.embed_t = LinearEmbed(t[0].numel(), self.feat_dim)
+
+    def loss(self, out: StepOutputs) -> Tensor:
+        ((fs, ft),) = self.pairs(out)
+        return cc_loss(self.embed_s(fs), self.embed_t(ft))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, feat_dim={self.feat_dim}"
