@@ -4,6 +4,7 @@ Grouped as in the survey literature: ``response`` (outputs), ``feature`` (interm
 maps), ``relation`` (relations between samples).
 """
 
+from kdlab.losses.connector import ab_loss, ft_factor, ft_loss, hcl_loss, ofd_loss, ofd_margin
 from kdlab.losses.feature import (
     at_loss,
     attention_map,
@@ -38,4 +39,10 @@ __all__ = [
     "pkt_loss",
     "crd_loss",
     "cc_loss",
+    "ab_loss",
+    "ft_factor",
+    "ft_loss",
+    "ofd_margin",
+    "ofd_loss",
+    "hcl_loss",
 ]

@@ -6,6 +6,7 @@ features): AB, FT, OFD, ReviewKD.
 """
 
 from kdlab.methods.base import FeatureTerm, StepOutputs, Term
+from kdlab.methods.connector import AB, FT, OFD, ReviewKD
 from kdlab.methods.feature import AT, FSP, NST, VID, FitNet
 from kdlab.methods.relation import CC, CRD, PKT, RKD, SP
 from kdlab.methods.response import DIST, DKD, KD, CrossEntropy, MSELogits, TfKD
@@ -30,4 +31,8 @@ __all__ = [
     "RKD",
     "CRD",
     "CC",
+    "AB",
+    "FT",
+    "OFD",
+    "ReviewKD",
 ]
