@@ -323,3 +323,36 @@ def test_methods_trained_with_the_student_run_end_to_end(train, method, key):
     state = torch.load(r["_dir"] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith(key) for k in state)
     assert not (r["_dir"] / f"init_{method}").exists()
+
+
+def test_ofd_trains_with_the_teacher_in_train_mode_and_gives_it_back_unchanged():
+    # mdistiller's OFD.train (and clovaai's loop) keep the teacher in train mode: batch statistics
+    from kdlab.methods import KD, OFD, CrossEntropy
+    from kdlab.models import create_model
+    from kdlab.strategies.offline import OfflineDistillation
+
+    torch.manual_seed(0)
+    teacher, student = create_model("cnn_small", 10, (1, 40)), create_model("cnn_tiny", 10, (1, 40))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    module = OfflineDistillation(
+        student, {"ce": CrossEntropy(), "ofd": OFD()}, torch.optim.SGD, 10, (1, 40), teacher=teacher
+    )
+    module.train()
+    assert module.teacher.training and all(m.training for m in module.teacher.modules())
+    module.losses(torch.randn(8, 1, 40), torch.arange(8) % 10, None)
+    assert not torch.equal(teacher.stages[0][1].running_mean, before["stages.0.1.running_mean"])  # batch statistics ran
+    module.eval()
+    assert not module.teacher.training  # validation: running statistics
+    module.on_fit_end()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items()) and not teacher.training
+
+    plain = OfflineDistillation(
+        create_model("cnn_tiny", 10, (1, 40)),
+        {"kd": KD()},
+        torch.optim.SGD,
+        10,
+        (1, 40),
+        teacher=create_model("cnn_small", 10, (1, 40)),
+    )
+    plain.train()
+    assert not plain.teacher.training  # every other method: the teacher in eval mode

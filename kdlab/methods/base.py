@@ -62,6 +62,9 @@ class Term(nn.Module):
     """One weighted term. Subclasses implement ``loss``; ``forward`` returns it already weighted."""
 
     needs_teacher: bool = True
+    #: the reference trains with the teacher in train mode (its BatchNorms normalise with batch
+    #: statistics; OFD). The strategy does so and restores the teacher's running statistics after.
+    teacher_train_mode: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

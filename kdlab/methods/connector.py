@@ -283,10 +283,13 @@ class OFD(PreactTerm):
     first training batch (over samples and positions) and fed to the same formula; the
     measured margins are kept as buffers (and in checkpoints).
 
-    Difference: mdistiller's ``OFD.train`` (like clovaai/overhaul-distillation's training loop)
-    leaves the teacher in train mode, so its BatchNorms normalise with batch statistics; kdlab's
-    strategies keep the teacher in eval mode (running statistics).
+    As mdistiller's ``OFD.train`` (and clovaai/overhaul-distillation's training loop), the
+    teacher is in train mode while the student trains, so its BatchNorms normalise with batch
+    statistics (``teacher_train_mode``); kdlab restores its running statistics after the fit,
+    so the teacher evaluated and cached afterwards is the one loaded.
     """
+
+    teacher_train_mode = True
 
     def __init__(
         self,

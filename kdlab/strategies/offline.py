@@ -119,6 +119,12 @@ class OfflineDistillation(DistillationModule):
         self.student = student
         self.phase: str | None = None  # a term's name while its initialisation phase trains
         self.teacher = teacher.requires_grad_(False).eval() if needs_teacher else None
+        # a term whose reference trains with the teacher in train mode (OFD): batch statistics in its
+        # BatchNorms; their running statistics are put back after each fit
+        self.teacher_train_mode = self.teacher is not None and any(t.teacher_train_mode for t in terms.values())
+        self._teacher_buffers = (
+            {k: v.clone() for k, v in self.teacher.state_dict().items()} if self.teacher_train_mode else None
+        )
         self.terms = nn.ModuleDict(dict(terms))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         for term in self.terms.values():
@@ -141,12 +147,17 @@ class OfflineDistillation(DistillationModule):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.eval()
+            self.teacher.train(mode and self.teacher_train_mode and self.phase is None)
         if self.phase is not None and mode:  # only what the phase trains is in train mode
             self.student.eval()
             for m in self.init_modules():
                 m.train()
         return self
+
+    def on_fit_end(self) -> None:
+        if self._teacher_buffers is not None:  # the teacher as loaded, whatever train mode did to its BN statistics
+            self.teacher.load_state_dict(self._teacher_buffers)
+            self.teacher.eval()
 
     def init_modules(self) -> list[nn.Module]:
         return self.terms[self.phase].init_modules(self.student)
