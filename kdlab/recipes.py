@@ -1,18 +1,25 @@
-"""The table of a dataset's recipes, read from the recipe files themselves.
+"""The recipe files of a dataset, and the tables of them in its README.
 
-    python -m kdlab.recipes cifar100           # print the markdown table
-    python -m kdlab.recipes cifar100 --write   # rewrite it in experiments/cifar100/README.md
+    python -m kdlab.recipes cifar100           # print the README's tables
+    python -m kdlab.recipes cifar100 --write   # regenerate experiments/cifar100/*.yaml, then the README's tables
 
-Each file under ``experiments/<dataset>/`` is composed exactly as ``kdlab-train
-experiments=<dataset>/<file>`` composes it, and its row is read from that resolved config (what
-the presets, the benchmark pieces and the file add up to), so the table cannot drift from the
-files. In the README the table sits between the lines ``<!-- recipes:begin -->`` and
-``<!-- recipes:end -->``.
+CIFAR-100 (the CRD / DKD benchmark) has one file per teacher -> student pair x method for every
+number of the published tables, one per teacher and one per student trained alone. They are
+generated from the transcription below (``CRD_README``, ``DKD_TABLES``: the published tables as
+printed, each row citing where it was read) and the per-pair method values (``per_pair``): plain
+files, one per row, that say everything particular to their row. Change a recipe here, then
+``--write``; tests/test_cifar100_recipes.py fails while a file differs from what this module writes.
+
+The README's tables are read from the files themselves: each file is composed exactly as
+``kdlab-train experiments=<dataset>/<file>`` composes it, so the tables cannot drift from the
+files. In the README they sit between the lines ``<!-- recipes:begin -->`` and ``<!-- recipes:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from functools import cache
 
 from omegaconf import DictConfig
 
@@ -21,10 +28,456 @@ from kdlab.config import compose
 
 BEGIN, END = "<!-- recipes:begin -->", "<!-- recipes:end -->"
 
+# --------------------------------------------------------------------------------------------
+# The transcription. Top-1 accuracy (%) on the CIFAR-100 test set, as printed. The first two
+# lines of a table name its columns (teacher over student, kdlab preset names); then one row per
+# method. "N/A": the source prints no accuracy there. "?": the source has a number there that
+# was not transcribed (the recipe exists, with published.method_acc null). A method absent from a
+# table has no number for those pairs, and no recipe. "#" starts a note on where a row was read.
+# --------------------------------------------------------------------------------------------
+
+#: The CRD README (HobbitLong/RepDistiller README.md, as of commit dcc0432, the last to change its
+#: tables; "Benchmark Results on CIFAR-100"): table 1, teacher and student of the same
+#: architectural type; table 2, of different types. FSP WRN-40-2 -> WRN-40-1 is N/A (printed 0.00
+#: before dcc0432): FSP compares Gram matrices of equal channel counts, and WRN-40-1 has half of
+#: WRN-40-2's. Table 2 has no FSP row. RepDistiller's ResNet50 is kdlab's resnet50_cifar.
+CRD_README = {
+    1: """
+            wrn_40_2  wrn_40_2  resnet56  resnet110  resnet110  resnet32x4  vgg13
+            wrn_16_2  wrn_40_1  resnet20  resnet20   resnet32   resnet8x4   vgg8
+teacher     75.61     75.61     72.34     74.31      74.31      79.42       74.64
+student     73.26     71.98     69.06     69.06      71.14      72.50       70.36
+kd          74.92     73.54     70.66     70.67      73.08      73.33       72.98
+fitnet      73.58     72.24     69.21     68.99      71.06      73.50       71.02
+at          74.08     72.77     70.55     70.22      72.31      73.44       71.43
+sp          73.83     72.43     69.67     70.04      72.69      72.94       72.68
+cc          73.56     72.21     69.63     69.48      71.48      72.97       70.71
+vid         74.11     73.30     70.38     70.16      72.61      73.09       71.23
+rkd         73.35     72.22     69.61     69.25      71.82      71.90       71.48
+pkt         74.54     73.45     70.34     70.25      72.61      73.64       72.88
+ab          72.50     72.38     69.47     69.53      70.98      73.17       70.94
+ft          73.25     71.59     69.84     70.22      72.37      72.86       70.58
+fsp         72.91     N/A       69.95     70.11      71.89      72.62       70.23
+nst         73.68     72.24     69.60     69.53      71.96      73.30       71.53
+crd         75.48     74.14     71.16     71.46      73.48      75.51       73.94
+""",
+    2: """
+            vgg13        resnet50_cifar  resnet50_cifar  resnet32x4    resnet32x4    wrn_40_2
+            mobilenetv2  mobilenetv2     vgg8            shufflenetv1  shufflenetv2  shufflenetv1
+teacher     74.64        79.34           79.34           79.42         79.42         75.61
+student     64.60        64.60           70.36           70.50         71.82         70.50
+kd          67.37        67.35           73.81           74.07         74.45         74.83
+fitnet      64.14        63.16           70.69           73.59         73.54         73.73
+at          59.40        58.58           71.84           71.73         72.73         73.32
+sp          66.30        68.08           73.34           73.48         74.56         74.52
+cc          64.86        65.43           70.25           71.14         71.29         71.38
+vid         65.56        67.57           70.30           73.38         73.40         73.61
+rkd         64.52        64.43           71.50           72.28         73.21         72.21
+pkt         67.13        66.52           73.01           74.10         74.69         73.89
+ab          66.06        67.20           70.65           73.55         74.31         73.34
+ft          61.78        60.99           70.29           71.75         72.50         72.03
+nst         58.16        64.96           71.28           74.12         74.68         74.89
+crd         69.73        69.11           74.30           75.11         75.65         76.05
+""",
+}
+
+#: DKD (Zhao et al., CVPR 2022), Table 1 (same architectures) and Table 2 (different ones). The
+#: paper's text could not be read here: its KD and DKD rows are read from the mdistiller README
+#: (megvii-research/mdistiller README.md, commit a08d46f; its second table heads the last column
+#: "ResNet32x4 / MobileNet-V2", but KD 74.45 there is the CRD README's ShuffleNetV2 number: the pair is
+#: ResNet32x4 -> ShuffleNetV2), its OFD and ReviewKD rows from reprints of the paper's tables,
+#: cited per row; "?" where no reprint was found. The paper's FitNet, RKD and CRD rows reprint
+#: the CRD paper's (mdistiller issue #34: "We simply reported the results in CRD's original
+#: paper"); their recipes cite the CRD README, as do the teacher and student accuracies. Only DKD, OFD and
+#: ReviewKD recipes cite these tables; the KD rows are here to check the reprint against the CRD
+#: README (tests/test_cifar100_recipes.py). The reprints are not error-free (ND prints KD ResNet50 ->
+#: MobileNetV2 as 67.65 where the CRD README has 67.35; MSC prints DKD WRN-40-2 -> WRN-16-2 as 76.24
+#: where the mdistiller README has 76.23): a number read in two of them must agree in both.
+DKD_TABLES = {
+    1: """
+            resnet56  resnet110  resnet32x4  wrn_40_2  wrn_40_2  vgg13
+            resnet20  resnet32   resnet8x4   wrn_16_2  wrn_40_1  vgg8
+kd          70.66     73.08      73.33       74.92     73.54     72.98   # mdistiller
+dkd         71.97     74.11      76.32       76.23     74.81     74.68   # mdistiller
+ofd         70.98     ?          74.95       ?         74.33     ?       # ND
+reviewkd    71.89     ?          75.63       ?         75.09     ?       # ND
+reviewkd    71.89     73.89      75.63       76.12     75.09     74.84   # MSC
+""",
+    2: """
+            resnet32x4    wrn_40_2      vgg13        resnet50_cifar  resnet32x4
+            shufflenetv1  shufflenetv1  mobilenetv2  mobilenetv2     shufflenetv2
+kd          74.07         74.83         67.37        67.35           74.45   # mdistiller
+dkd         76.45         76.70         69.71        70.35           77.07   # mdistiller
+ofd         75.98         ?             ?            69.04           76.82   # ND
+reviewkd    77.45         ?             ?            69.89           77.78   # ND
+reviewkd    77.45         ?             70.37        69.89           ?       # MSC
+""",
+}
+
+#: The reprints the DKD rows above were read from ("#" notes). A method with a row per reprint
+#: takes each number from every row that has it (they must agree), and cites those.
+REPRINTS = {
+    "mdistiller": "the mdistiller README (megvii-research/mdistiller README.md)",
+    "ND": "WangYZ1608/Knowledge-Distillation-via-ND README.md",
+    "MSC": 'a third-party project specification (MSC-KD "Engineering Specification", section 7, "Benchmark reference numbers")',
+}
+
+CRD_SOURCE = "CRD README (HobbitLong/RepDistiller README.md), CIFAR-100 table {table} ({kind} architecture)"
+DKD_SOURCE = "DKD (Zhao et al., CVPR 2022) Table {table} ({kind} architectures), as reprinted in {via}"
+#: What the published numbers are, by source (published.protocol). "not stated": the sources read
+#: do not say.
+CRD_PROTOCOL = (
+    "last epoch, trained on all 50,000 training images (RepDistiller train_student.py and train_teacher.py: "
+    '"The results reported in the paper/README is from the last epoch"); runs averaged: not stated in the README'
+)
+DKD_PROTOCOL = (
+    "best test epoch, trained on all 50,000 training images (mdistiller, the paper's code, reports best_acc, "
+    "the highest test accuracy over the epochs); runs averaged: not stated in the sources read"
+)
+REPRINT_PROTOCOL = (
+    "not stated in the sources read (a reprint of the DKD paper's table; mdistiller's trainer and ReviewKD's "
+    "CIFAR-100 train.py both report the best test epoch, trained on all 50,000 training images)"
+)
+
+#: kdlab's method names, in the order of the README's columns: the CRD README's 13 methods, then
+#: the DKD paper's, then DIST (whose CIFAR-100 numbers are not transcribed).
+CRD_METHODS = ("kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd")
+DKD_METHODS = ("ofd", "reviewkd", "dkd")
+METHODS = (*CRD_METHODS, *DKD_METHODS, "dist")
+#: DIST rows (Huang et al., NeurIPS 2022): one per pair of the DKD tables, no published number here.
+DIST_SOURCE = "not transcribed: see Huang et al. 2022"
+
+TITLES = {
+    "kd": "Hinton KD",
+    "fitnet": "FitNets",
+    "at": "Attention transfer (AT)",
+    "sp": "Similarity-preserving KD (SP)",
+    "cc": "Correlation congruence (CC)",
+    "vid": "Variational information distillation (VID)",
+    "rkd": "Relational KD (RKD)",
+    "pkt": "Probabilistic knowledge transfer (PKT)",
+    "ab": "Activation boundaries (AB)",
+    "ft": "Factor transfer (FT)",
+    "fsp": "Flow of solution procedure (FSP)",
+    "nst": "Neuron selectivity transfer (NST)",
+    "crd": "CRD",
+    "ofd": "Overhaul of feature distillation (OFD)",
+    "reviewkd": "ReviewKD",
+    "dkd": "DKD",
+    "dist": "DIST",
+}
+NAMES = {
+    "resnet20": "ResNet20",
+    "resnet32": "ResNet32",
+    "resnet56": "ResNet56",
+    "resnet110": "ResNet110",
+    "resnet8x4": "ResNet8x4",
+    "resnet32x4": "ResNet32x4",
+    "resnet50_cifar": "ResNet50",
+    "wrn_16_2": "WRN-16-2",
+    "wrn_40_1": "WRN-40-1",
+    "wrn_40_2": "WRN-40-2",
+    "vgg8": "VGG8",
+    "vgg13": "VGG13",
+    "mobilenetv2": "MobileNetV2 (x0.5)",
+    "shufflenetv1": "ShuffleNetV1",
+    "shufflenetv2": "ShuffleNetV2",
+}
+#: Students trained at lr 0.01 rather than 0.05 (their presets; RepDistiller train_student.py).
+LR_001 = ("mobilenetv2", "shufflenetv1", "shufflenetv2")
+
+# --------------------------------------------------------------------------------------------
+# Per-pair method values: where the authors changed a method's hyper-parameters for a pair.
+# --------------------------------------------------------------------------------------------
+
+#: DKD's beta per pair: mdistiller configs/cifar100/dkd/<file>.yaml (DKD.BETA; 8.0 where unset,
+#: the CFG default), and the file it is read from.
+DKD_BETA = {
+    ("resnet56", "resnet20"): (2.0, "res56_res20"),
+    ("resnet110", "resnet32"): (2.0, "res110_res32"),
+    ("resnet32x4", "resnet8x4"): (8.0, "res32x4_res8x4"),
+    ("wrn_40_2", "wrn_16_2"): (6.0, "wrn40_2_wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"): (6.0, "wrn40_2_wrn_40_1"),
+    ("vgg13", "vgg8"): (6.0, "vgg13_vgg8"),
+    ("vgg13", "mobilenetv2"): (6.0, "vgg13_mv2"),
+    ("resnet50_cifar", "mobilenetv2"): (8.0, "res50_mv2"),
+    ("resnet32x4", "shufflenetv1"): (8.0, "res32x4_shuv1"),
+    ("resnet32x4", "shufflenetv2"): (8.0, "res32x4_shuv2"),
+    ("wrn_40_2", "shufflenetv1"): (8.0, "wrn40_2_shuv1"),
+}
+#: ReviewKD's loss weight per pair: dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh
+#: (--kd-loss-weight). Pairs it does not list keep the method's default.
+REVIEWKD_WEIGHT = {
+    ("wrn_40_2", "wrn_16_2"): 5.0,
+    ("wrn_40_2", "wrn_40_1"): 5.0,
+    ("wrn_40_2", "shufflenetv1"): 5.0,
+    ("resnet32x4", "resnet8x4"): 5.0,
+    ("resnet32x4", "shufflenetv1"): 5.0,
+    ("resnet32x4", "shufflenetv2"): 8.0,
+    ("resnet56", "resnet20"): 0.6,
+    ("resnet110", "resnet32"): 1.0,
+}
+#: RepDistiller helper/pretrain.py: the init phase of AB, FT and FSP runs SGD at the student's lr
+#: (opt.learning_rate: 0.05, 0.01 for MobileNetV2 / ShuffleNet), except FT with a ResNet or WRN
+#: student, at 0.01.
+FT_LR_001_STUDENTS = ("resnet20", "resnet32", "resnet8x4", "wrn_16_2", "wrn_40_1")
+
+
+def init_lr(method: str, student: str) -> float:
+    """The lr of the init phase RepDistiller runs for ``method`` (ab, ft, fsp) with ``student``."""
+    if method == "ft" and student in FT_LR_001_STUDENTS:
+        return 0.01
+    return 0.01 if student in LR_001 else 0.05
+
+
+def per_pair(method: str, teacher: str, student: str) -> list[tuple[str, float, str]]:
+    """The method values a recipe sets for its pair: (key under method.terms, value, where from)."""
+    if method == "dkd":
+        beta, name = DKD_BETA[teacher, student]
+        return [("dkd.beta", beta, f"mdistiller configs/cifar100/dkd/{name}.yaml")]
+    if method in ("ab", "ft", "fsp"):
+        why = "RepDistiller helper/pretrain.py: " + (
+            "0.01 for a ResNet / WRN student"
+            if method == "ft" and student in FT_LR_001_STUDENTS
+            else "the student's lr"
+        )
+        return [(f"{method}.init_lr", init_lr(method, student), why)]
+    if method == "reviewkd" and (teacher, student) in REVIEWKD_WEIGHT:
+        return [("reviewkd.weight", REVIEWKD_WEIGHT[teacher, student], "ReviewKD CIFAR-100/script/reviewKD.sh")]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the transcription
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of a published table: ``value`` in % (None: "?", present but not transcribed)."""
+
+    source: str  # "crd" or "dkd"
+    table: int
+    teacher: str
+    student: str
+    method: str
+    value: float | None
+    via: tuple[str, ...] = ()  # the REPRINTS keys the number was read from (DKD tables)
+
+
+def parse(text: str, source: str, table: int) -> list[Cell]:
+    """The cells of one transcribed table, one per row and pair; N/A cells are left out."""
+    lines = [line for line in text.strip("\n").splitlines() if line.strip()]
+    teachers, students = lines[0].split(), lines[1].split()
+    if len(teachers) != len(students):
+        raise ValueError(f"{source} table {table}: {len(teachers)} teachers, {len(students)} students")
+    cells = []
+    for line in lines[2:]:
+        body, _, note = line.partition("#")
+        method, *values = body.split()
+        if len(values) != len(teachers):
+            raise ValueError(f"{source} table {table}, row {method}: {len(values)} values for {len(teachers)} pairs")
+        via = tuple(note.split())
+        if any(v not in REPRINTS for v in via):
+            raise ValueError(f"{source} table {table}, row {method}: unknown reprint in {note!r}")
+        for t, s, v in zip(teachers, students, values):
+            if v != "N/A":
+                cells.append(Cell(source, table, t, s, method, None if v == "?" else float(v), via))
+    return cells
+
+
+@cache
+def transcription() -> tuple[Cell, ...]:
+    """Every cell of the transcribed tables, CRD README first. Rows of one method from several
+    reprints merge: a number read in more than one must agree, and cites every reprint it was read in."""
+    merged: dict[tuple, Cell] = {}
+    tables = [("crd", n, text) for n, text in CRD_README.items()] + [("dkd", n, text) for n, text in DKD_TABLES.items()]
+    for source, n, text in tables:
+        for c in parse(text, source, n):
+            key = (c.source, c.table, c.method, c.teacher, c.student)
+            old = merged.get(key)
+            if old is None or old.value is None:
+                merged[key] = c if c.value is not None or old is None else old
+            elif c.value is not None:
+                if c.value != old.value:
+                    raise ValueError(f"{key}: {old.value} in {old.via}, {c.value} in {c.via}")
+                merged[key] = Cell(*key[:2], c.teacher, c.student, c.method, c.value, old.via + c.via)
+    return tuple(merged.values())
+
+
+def pairs() -> list[tuple[str, str]]:
+    """The teacher -> student presets of the CRD README, in its order."""
+    return list(dict.fromkeys((c.teacher, c.student) for c in transcription() if c.source == "crd"))
+
+
+def cited(cell: Cell) -> str:
+    """published.source of a cell."""
+    kind = {1: "same", 2: "different"}[cell.table]
+    if cell.source == "crd":
+        return CRD_SOURCE.format(table=cell.table, kind=kind)
+    if cell.value is None:
+        return (
+            f"not transcribed (no copy of the table read here has it): DKD (Zhao et al., CVPR 2022) Table {cell.table}"
+        )
+    return DKD_SOURCE.format(table=cell.table, kind=kind, via=" and ".join(REPRINTS[k] for k in cell.via))
+
+
+def protocol(cell: Cell) -> str:
+    """published.protocol of a cell."""
+    if cell.source == "crd":
+        return CRD_PROTOCOL
+    if cell.value is None:
+        return "not transcribed"
+    return DKD_PROTOCOL if "mdistiller" in cell.via else REPRINT_PROTOCOL
+
+
+def published_cells() -> dict[tuple[str, str, str], Cell]:
+    """The cell each distillation recipe cites, by (method, teacher, student): the CRD README for its
+    methods, the DKD tables for DKD, OFD and ReviewKD."""
+    out = {}
+    for c in transcription():
+        if (c.source == "crd" and c.method in CRD_METHODS) or (c.source == "dkd" and c.method in DKD_METHODS):
+            out[c.method, c.teacher, c.student] = c
+    return out
+
+
+def baselines(role: str) -> dict[str, tuple[float, list[int]]]:
+    """The CRD README's teacher (``role="teacher"``) or student accuracies: arch -> (%, tables)."""
+    out: dict[str, tuple[float, list[int]]] = {}
+    for c in transcription():
+        if c.source == "crd" and c.method == role:
+            arch = c.teacher if role == "teacher" else c.student
+            value, tables = out.get(arch, (c.value, []))
+            if value != c.value:
+                raise ValueError(f"CRD README: {role} {arch} is {value} in one column and {c.value} in another")
+            out[arch] = (value, sorted({*tables, c.table}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the CIFAR-100 recipe files
+# --------------------------------------------------------------------------------------------
+
+HEADER = (
+    "# Generated by `python -m kdlab.recipes cifar100 --write` from kdlab/recipes.py (the transcription of\n"
+    "# the published tables, the per-pair method values): change it there, not here.\n"
+)
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def fraction(percent: float | None) -> str:
+    return "null" if percent is None else f"{round(percent / 100, 4)}"
+
+
+def distill_file(method: str, teacher: str, student: str) -> str:
+    lines = [
+        "# @package _global_",
+        f"# {TITLES[method]}: {NAMES[teacher]} -> {NAMES[student]} on CIFAR-100, the CRD / DKD benchmark recipe.",
+        HEADER.rstrip("\n"),
+        "defaults:",
+        "  - /benchmark/crd_cifar100/distill",
+        f"  - override /teacher: {teacher}",
+        f"  - override /student: {student}",
+        f"  - override /method: {method}",
+    ]
+    values = per_pair(method, teacher, student)
+    if values:
+        lines += ["method:", "  terms:"]
+        for term in dict.fromkeys(key.split(".")[0] for key, _, _ in values):
+            lines.append(f"    {term}:")
+            for key, value, why in values:
+                if key.split(".")[0] == term:
+                    lines.append(f"      {key.split('.', 1)[1]}: {value}    # {why}")
+    elif method == "reviewkd":
+        lines.append("# ReviewKD's script gives no loss weight for this pair: the method's default.")
+    if method == "dist":
+        value, source, proto = "null", DIST_SOURCE, "not transcribed"
+    else:
+        cell = published_cells()[method, teacher, student]
+        value, source, proto = fraction(cell.value), cited(cell), protocol(cell)
+    lines += ["published:", f"  method_acc: {value}", f"  source: {quote(source)}", f"  protocol: {quote(proto)}"]
+    return "\n".join(lines) + "\n"
+
+
+def baseline_file(role: str, arch: str) -> str:
+    value, tables = baselines(role)[arch]
+    source = f"CRD README (HobbitLong/RepDistiller README.md), CIFAR-100 table{'s' if len(tables) > 1 else ''} "
+    source += " and ".join(map(str, tables)) + f", row {role.capitalize()}"
+    if role == "teacher":
+        head = [
+            f"# Train the {NAMES[arch]} teacher on CIFAR-100 (cached for every recipe that distils from it).",
+            HEADER.rstrip("\n"),
+            "defaults:",
+            "  - /benchmark/crd_cifar100/teacher",
+            f"  - override /teacher: {arch}",
+        ]
+    else:
+        head = [
+            f"# {NAMES[arch]} trained alone on CIFAR-100 (the student baseline).",
+            HEADER.rstrip("\n"),
+            "defaults:",
+            "  - /benchmark/crd_cifar100/baseline",
+            f"  - override /student: {arch}",
+        ]
+    lines = [
+        "# @package _global_",
+        *head,
+        "published:",
+        f"  source: {quote(source)}",
+        f"  protocol: {quote(CRD_PROTOCOL)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cifar100_files() -> dict[str, str]:
+    """Every CIFAR-100 recipe file: name (no .yaml) -> text."""
+    files = {f"teacher_{t}": baseline_file("teacher", t) for t in baselines("teacher")}
+    files |= {f"none_{s}": baseline_file("student", s) for s in baselines("student")}
+    for method, teacher, student in published_cells():
+        files[f"{method}_{teacher}_{student}"] = distill_file(method, teacher, student)
+    for c in transcription():
+        if c.source == "dkd" and c.method == "dkd":  # DIST: one row per pair of the DKD tables
+            files[f"dist_{c.teacher}_{c.student}"] = distill_file("dist", c.teacher, c.student)
+    return dict(sorted(files.items()))
+
+
+GENERATORS = {"cifar100": cifar100_files}
+
+
+def write_files(dataset: str) -> None:
+    """Write the generated recipe files of ``dataset``; remove generated files it no longer has."""
+    folder = ROOT / "experiments" / dataset
+    files = GENERATORS[dataset]()
+    changed = 0
+    for name, text in files.items():
+        path = folder / f"{name}.yaml"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed += 1
+    stale = [p for p in folder.glob("*.yaml") if p.stem not in files and "kdlab.recipes" in p.read_text()]
+    for p in stale:
+        p.unlink()
+    print(f"experiments/{dataset}: {len(files)} recipe files, {changed} written, {len(stale)} removed")
+
+
+# --------------------------------------------------------------------------------------------
+# The README's tables, read from the files
+# --------------------------------------------------------------------------------------------
+
 
 def recipe_names(dataset: str) -> list[str]:
     """The recipe files of ``experiments/<dataset>/``, without their .yaml."""
     return sorted(p.stem for p in (ROOT / "experiments" / dataset).glob("*.yaml"))
+
+
+@cache
+def resolved(dataset: str, name: str) -> DictConfig:
+    """The config ``kdlab-train experiments=<dataset>/<name>`` runs with (composed once per process;
+    do not modify it)."""
+    return compose([f"experiments={dataset}/{name}"])[0]
 
 
 def row(name: str, cfg: DictConfig) -> dict[str, str]:
@@ -64,16 +517,85 @@ def row(name: str, cfg: DictConfig) -> dict[str, str]:
 def rows(dataset: str) -> list[dict[str, str]]:
     """Every recipe of ``dataset``: teachers, then students alone, then the distillation rows
     grouped by teacher -> student pair."""
-    out = [row(name, compose([f"experiments={dataset}/{name}"])[0]) for name in recipe_names(dataset)]
+    out = [row(name, resolved(dataset, name)) for name in recipe_names(dataset)]
     kind = {"teacher": 0, "none": 1}
-    return sorted(out, key=lambda r: (kind.get(r["method"], 2), r["file"].partition("_")[2], r["file"]))
+    return sorted(out, key=lambda r: (kind.get(r["method"], 2), r["teacher"], r["student"], r["file"]))
+
+
+def markdown(body: list[dict[str, str]]) -> str:
+    lines = [list(body[0]), ["---"] * len(body[0])] + [list(r.values()) for r in body]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def pivot(body: list[dict[str, str]]) -> str:
+    """The published accuracies of the distillation rows: one row per teacher -> student pair, one
+    column per method, and the pair's published teacher and student. "n/t": a recipe whose number is
+    not transcribed; blank: no recipe (the sources have no number there)."""
+    distill = [r for r in body if r["method"] not in ("teacher", "none")]
+    methods = [m for m in METHODS if any(r["method"] == m for r in distill)]
+    methods += sorted({r["method"] for r in distill} - set(methods))
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in distill:
+        pair = cells.setdefault((r["teacher"], r["student"]), {"teacher": "-", "student": "-"})
+        pair[r["method"]] = "n/t" if r["published method"] == "-" else r["published method"]
+        for role in ("teacher", "student"):
+            if r[f"published {role}"] != "-":
+                pair[role] = r[f"published {role}"]
+    order = {(arch_of(t, "teacher"), arch_of(s, "student")): i for i, (t, s) in enumerate(pairs())}
+    keys = sorted(cells, key=lambda k: (order.get(k, len(order)), k))
+    head = ["teacher -> student", "teacher", "student", *methods]
+    lines = [head, ["---"] * len(head)]
+    lines += [
+        [f"{t} -> {s}", cells[t, s]["teacher"], cells[t, s]["student"], *(cells[t, s].get(m, "") for m in methods)]
+        for t, s in keys
+    ]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def sources(body: list[dict[str, str]], dataset: str) -> str:
+    """Where the published numbers come from (one line per source, with the rows citing it) and
+    what they are (its protocol, numbered below the table)."""
+    groups: dict[str, tuple[str, set[str]]] = {}
+    for r in body:
+        published = resolved(dataset, r["file"]).get("published") or {}
+        source, proto = published.get("source") or "-", published.get("protocol") or "-"
+        groups.setdefault(source, (proto, set()))[1].add(r["method"])
+    protocols = list(dict.fromkeys(proto for proto, _ in groups.values()))
+    lines = [["source", "rows", "protocol"], ["---"] * 3]
+    lines += [[s, ", ".join(sorted(ms)), f"P{protocols.index(p) + 1}"] for s, (p, ms) in sorted(groups.items())]
+    table = "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    return table + "\n\n" + "\n".join(f"- P{i}: {p}" for i, p in enumerate(protocols, 1))
+
+
+def arch_of(preset: str, group: str) -> str:
+    """The arch a teacher or student preset names (vgg13 -> vgg13_cifar)."""
+    return resolved_preset(group, preset)
+
+
+@cache
+def resolved_preset(group: str, preset: str) -> str:
+    return compose([f"{group}={preset}"])[0][group].arch
 
 
 def table(dataset: str) -> str:
-    """The markdown table of ``dataset``'s recipes, one row per file."""
+    """The README's tables of ``dataset``'s recipes: published numbers by pair and method, where
+    they come from, and every file's recipe."""
     body = rows(dataset)
-    lines = [list(body[0]), ["---"] * len(body[0])] + [list(r.values()) for r in body]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    every = [
+        "Every recipe (lr, epochs and batch are the teacher's for `teacher_` rows, the student's otherwise):",
+        markdown(body),
+    ]
+    if all(r["source"] == "-" for r in body):  # no published numbers: the recipes alone
+        return "\n\n".join(every)
+    return "\n\n".join(
+        [
+            "Published top-1 accuracy (%) by pair and method (n/t: not transcribed; blank: no number in the sources):",
+            pivot(body),
+            "Sources and protocols of the published numbers:",
+            sources(body, dataset),
+            *every,
+        ]
+    )
 
 
 def split_readme(dataset: str) -> tuple[str, str, str]:
@@ -88,7 +610,9 @@ def split_readme(dataset: str) -> tuple[str, str, str]:
 
 
 def write(dataset: str) -> None:
-    """Replace the README's table with the one the recipe files give now."""
+    """Regenerate the recipe files (where this module generates them), then the README's tables."""
+    if dataset in GENERATORS:
+        write_files(dataset)
     head, current, tail = split_readme(dataset)
     new = table(dataset)
     (ROOT / "experiments" / dataset / "README.md").write_text(head + new + tail)
@@ -98,7 +622,9 @@ def write(dataset: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", help="a folder of experiments/, e.g. cifar100")
-    parser.add_argument("--write", action="store_true", help="rewrite the table in that folder's README.md")
+    parser.add_argument(
+        "--write", action="store_true", help="regenerate that folder's recipe files and its README.md's tables"
+    )
     args = parser.parse_args(argv)
     if args.write:
         write(args.dataset)

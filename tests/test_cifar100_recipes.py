@@ -1,6 +1,9 @@
-"""The CIFAR-100 recipes (experiments/cifar100/) follow the CRD / DKD benchmark protocol, carry the
-papers' published numbers, and their README's table is the one kdlab.recipes generates from them."""
+"""The CIFAR-100 recipes (experiments/cifar100/) are the files kdlab.recipes generates, follow the
+CRD / DKD benchmark protocol, carry the transcribed published numbers with their source and
+protocol, cover every number of the sources and nothing else, and their README's tables are the
+ones kdlab.recipes reads from them."""
 
+import copy
 from functools import cache
 from pathlib import Path
 
@@ -8,62 +11,144 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdlab import ROOT
-from kdlab.recipes import split_readme, table
+from kdlab import recipes as R
 from tests.conftest import compose_cfg
 
-CRD = "CRD (Tian et al. 2020) Tables 1-2, reprinted in DKD (Zhao et al. 2022) Tables 1-2"
-DKD = "DKD (Zhao et al. 2022) Tables 1-2 and the mdistiller README"
-DIST = "not transcribed: see Huang et al. 2022"
-
-# Published CIFAR-100 top-1 (%) of the teachers and of the students trained alone (CRD).
-TEACHERS = dict(resnet56=72.34, resnet110=74.31, resnet32x4=79.42, wrn_40_2=75.61, vgg13=74.64, resnet50_cifar=79.34)
-STUDENTS = dict(resnet20=69.06, resnet32=71.14, resnet8x4=72.50, wrn_16_2=73.26, wrn_40_1=71.98, vgg8=70.36)
-STUDENTS |= dict(mobilenetv2=64.60, shufflenetv1=70.50, shufflenetv2=71.82)
-METHODS = ("kd", "fitnet", "at", "crd", "dkd", "dist")
-# Per pair: the published accuracy (%) of each method in METHODS (None: not transcribed), then
-# DKD's beta for the pair (mdistiller's configs/cifar100/dkd/).
-PAIRS = {
-    ("resnet56", "resnet20"): (70.66, 69.21, 70.55, 71.16, 71.97, None, 2.0),
-    ("resnet110", "resnet32"): (73.08, 71.06, 72.31, 73.48, 74.11, None, 2.0),
-    ("resnet32x4", "resnet8x4"): (73.33, 73.50, 73.44, 75.51, 76.32, None, 8.0),
-    ("wrn_40_2", "wrn_16_2"): (74.92, 73.58, 74.08, 75.48, 76.23, None, 6.0),
-    ("wrn_40_2", "wrn_40_1"): (73.54, 72.24, 72.77, 74.14, 74.81, None, 6.0),
-    ("vgg13", "vgg8"): (72.98, 71.02, 71.43, 73.94, 74.68, None, 6.0),
-    ("vgg13", "mobilenetv2"): (67.37, 64.14, 59.40, 69.73, 69.71, None, 6.0),
-    ("resnet50_cifar", "mobilenetv2"): (67.35, 63.16, 58.58, 69.11, 70.35, None, 8.0),
-    ("resnet32x4", "shufflenetv1"): (74.07, 73.59, 71.73, 75.11, 76.45, None, 8.0),
-    ("resnet32x4", "shufflenetv2"): (74.45, 73.54, 72.73, 75.65, 77.07, None, 8.0),
-    ("wrn_40_2", "shufflenetv1"): (74.83, 73.73, 73.32, 76.05, 76.70, None, 8.0),
-}
-LR_001 = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}  # students trained at lr 0.01, not 0.05
+FOLDER = ROOT / "experiments" / "cifar100"
+FILES = sorted(p.stem for p in FOLDER.glob("*.yaml"))
+CELLS = R.published_cells()  # (method, teacher, student) -> the cell a distillation recipe cites
+PAIRS = R.pairs()
+TEACHERS, STUDENTS = R.baselines("teacher"), R.baselines("student")
+DKD_PAIRS = [(t, s) for m, t, s in CELLS if m == "dkd"]
 
 # Every file the folder should hold: name -> (method, or "teacher" for teacher_ files; teacher; student).
 ROWS = {
     **{f"teacher_{t}": ("teacher", t, None) for t in TEACHERS},
     **{f"none_{s}": ("none", None, s) for s in STUDENTS},
-    **{f"{m}_{t}_{s}": (m, t, s) for t, s in PAIRS for m in METHODS},
+    **{f"{m}_{t}_{s}": (m, t, s) for m, t, s in CELLS},
+    **{f"dist_{t}_{s}": ("dist", t, s) for t, s in DKD_PAIRS},
 }
-FILES = sorted(p.stem for p in (ROOT / "experiments" / "cifar100").glob("*.yaml"))
+
+# Per-pair method values, restated from the authors' code (not read from kdlab.recipes):
+# DKD's beta, mdistiller configs/cifar100/dkd/*.yaml (DKD.BETA, 8.0 where unset).
+DKD_BETA = {
+    ("resnet56", "resnet20"): 2.0,
+    ("resnet110", "resnet32"): 2.0,
+    ("resnet32x4", "resnet8x4"): 8.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0,
+    ("wrn_40_2", "wrn_40_1"): 6.0,
+    ("vgg13", "vgg8"): 6.0,
+    ("vgg13", "mobilenetv2"): 6.0,
+    ("resnet50_cifar", "mobilenetv2"): 8.0,
+    ("resnet32x4", "shufflenetv1"): 8.0,
+    ("resnet32x4", "shufflenetv2"): 8.0,
+    ("wrn_40_2", "shufflenetv1"): 8.0,
+}
+# ReviewKD's --kd-loss-weight, dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh.
+REVIEWKD_WEIGHT = {
+    ("wrn_40_2", "wrn_16_2"): 5.0,
+    ("wrn_40_2", "wrn_40_1"): 5.0,
+    ("wrn_40_2", "shufflenetv1"): 5.0,
+    ("resnet32x4", "resnet8x4"): 5.0,
+    ("resnet32x4", "shufflenetv1"): 5.0,
+    ("resnet32x4", "shufflenetv2"): 8.0,
+    ("resnet56", "resnet20"): 0.6,
+    ("resnet110", "resnet32"): 1.0,
+}
+LR_001 = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}  # students trained at lr 0.01, not 0.05
+RESNET_WRN = {"resnet20", "resnet32", "resnet8x4", "wrn_16_2", "wrn_40_1"}  # RepDistiller pretrain.py's FT list
 
 
 def arch(preset: str) -> str:
     return {"vgg13": "vgg13_cifar", "vgg8": "vgg8_cifar"}.get(preset, preset)
 
 
-@cache
 def resolved(name: str):
-    return compose_cfg([f"experiments=cifar100/{name}"])
+    return R.resolved("cifar100", name)  # composed once per process, shared with the README's tables
 
 
 @cache
 def method_defaults(method: str):
-    return compose_cfg([f"method={method}"]).method
+    return OmegaConf.to_container(compose_cfg([f"method={method}"]).method)
 
 
-def test_the_folder_holds_every_row_and_nothing_else():
+# ---------------------------------------------------------------- the transcription
+
+
+def test_the_transcription_has_the_sources_tables():
+    crd = [c for c in R.transcription() if c.source == "crd"]
+    dkd = [c for c in R.transcription() if c.source == "dkd"]
+    # the CRD README: 7 same-architecture pairs, 6 different-architecture ones (13, ResNet50 -> VGG8 and
+    # ResNet110 -> ResNet20 included), 13 methods; FSP only in table 1, and not for WRN-40-2 -> WRN-40-1
+    assert len(PAIRS) == 13 and ("resnet110", "resnet20") in PAIRS and ("resnet50_cifar", "vgg8") in PAIRS
+    assert {c.method for c in crd} == {"teacher", "student", *R.CRD_METHODS}
+    per_method = {m: {(c.teacher, c.student) for c in crd if c.method == m} for m in R.CRD_METHODS}
+    assert all(len(per_method[m]) == 13 for m in R.CRD_METHODS if m != "fsp")
+    assert per_method["fsp"] == {(c.teacher, c.student) for c in crd if c.table == 1} - {("wrn_40_2", "wrn_40_1")}
+    assert all(c.value is not None for c in crd)
+    # the DKD paper: 11 pairs, all among the CRD README's
+    assert len(DKD_PAIRS) == 11 and set(DKD_PAIRS) <= set(PAIRS)
+    assert not {(t, s) for t, s in PAIRS} - set(DKD_PAIRS) - {("resnet110", "resnet20"), ("resnet50_cifar", "vgg8")}
+    assert {c.method for c in dkd} == {"kd", *R.DKD_METHODS}
+    # DKD's KD row reprints the CRD README's (a check on both transcriptions)
+    crd_kd = {(c.teacher, c.student): c.value for c in crd if c.method == "kd"}
+    assert all(crd_kd[c.teacher, c.student] == c.value for c in dkd if c.method == "kd")
+    # every DKD number cites where it was read; the DKD row the mdistiller README
+    assert all(c.via for c in dkd if c.value is not None)
+    assert all(c.via == ("mdistiller",) and c.value is not None for c in dkd if c.method == "dkd")
+
+
+def test_spot_checks_against_the_sources():
+    """A few numbers, read again from the CRD README and the mdistiller README."""
+    assert CELLS["crd", "resnet110", "resnet20"].value == 71.46
+    assert CELLS["kd", "resnet50_cifar", "vgg8"].value == 73.81
+    assert CELLS["fsp", "wrn_40_2", "wrn_16_2"].value == 72.91
+    assert CELLS["nst", "resnet50_cifar", "vgg8"].value == 71.28
+    assert CELLS["ab", "resnet32x4", "shufflenetv2"].value == 74.31
+    assert CELLS["vid", "wrn_40_2", "wrn_40_1"].value == 73.30
+    assert CELLS["dkd", "resnet32x4", "shufflenetv2"].value == 77.07
+    assert CELLS["dkd", "resnet50_cifar", "mobilenetv2"].value == 70.35
+    assert ("fsp", "wrn_40_2", "wrn_40_1") not in CELLS and ("fsp", "vgg13", "mobilenetv2") not in CELLS
+    assert ("dkd", "resnet110", "resnet20") not in CELLS and ("ofd", "resnet50_cifar", "vgg8") not in CELLS
+    assert TEACHERS["resnet50_cifar"] == (79.34, [2]) and STUDENTS["vgg8"] == (70.36, [1, 2])
+
+
+def test_presets_carry_the_published_baselines():
+    for group, table in (("teacher", TEACHERS), ("student", STUDENTS)):
+        for preset, (value, _) in table.items():
+            assert compose_cfg([f"{group}={preset}"])[group].published_acc == round(value / 100, 4), preset
+
+
+# ---------------------------------------------------------------- the files
+
+
+def test_the_folder_holds_every_number_of_the_sources_and_nothing_else():
     assert FILES == sorted(ROWS)
-    kinds = [method if method in ("teacher", "none") else "distill" for method, _, _ in ROWS.values()]
-    assert (kinds.count("distill"), kinds.count("teacher"), kinds.count("none")) == (11 * 6, 6, 9)
+    kinds = [m if m in ("teacher", "none", "dist") else "distill" for m, _, _ in ROWS.values()]
+    # CRD README: 7 x 13 - 1 (FSP WRN-40-1) + 6 x 12 (no FSP); DKD paper: 11 x 3; DIST: 11
+    assert [kinds.count(k) for k in ("distill", "dist", "teacher", "none")] == [90 + 72 + 33, 11, 6, 9]
+
+
+def test_the_files_are_the_generated_ones():
+    files = R.cifar100_files()
+    assert sorted(files) == FILES
+    stale = [name for name, text in files.items() if (FOLDER / f"{name}.yaml").read_text() != text]
+    assert not stale, f"run: python -m kdlab.recipes cifar100 --write ({len(stale)} differ, e.g. {stale[:3]})"
+
+
+def expected_method(method: str, teacher: str, student: str) -> dict:
+    """The method's CIFAR-100 defaults with the values its authors set for the pair."""
+    expected = copy.deepcopy(method_defaults(method))
+    terms = expected["terms"]
+    if method == "dkd":
+        terms["dkd"]["beta"] = DKD_BETA[teacher, student]
+    if method in ("ab", "fsp"):
+        terms[method]["init_lr"] = 0.01 if student in LR_001 else 0.05
+    if method == "ft":
+        terms["ft"]["init_lr"] = 0.01 if student in RESNET_WRN | LR_001 else 0.05
+    if method == "reviewkd" and (teacher, student) in REVIEWKD_WEIGHT:
+        terms["reviewkd"]["weight"] = REVIEWKD_WEIGHT[teacher, student]
+    return expected
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -72,6 +157,7 @@ def test_recipe_follows_the_protocol(name):
     method, teacher, student = ROWS[name]
     cfg = resolved(name)
     assert cfg.data._target_ == "kdlab.data.CIFAR" and cfg.data.classes == 100
+    assert cfg.data.val_fraction == 0  # the papers train on all 50,000 training images
     if method == "teacher":
         assert cfg.task == "teacher" and cfg.teacher.arch == arch(teacher)
         model, epochs, batch, lr = cfg.teacher, cfg.teacher.max_epochs, cfg.teacher.batch_size, 0.05
@@ -80,10 +166,7 @@ def test_recipe_follows_the_protocol(name):
         assert teacher is None or cfg.teacher.arch == arch(teacher)
         model, epochs, batch = cfg.student, cfg.trainer.max_epochs, cfg.data.batch_size
         lr = 0.01 if student in LR_001 else 0.05
-        expected = OmegaConf.to_container(method_defaults(method))  # its CIFAR-100 defaults, DKD's beta per pair
-        if method == "dkd":
-            expected["terms"]["dkd"]["beta"] = PAIRS[teacher, student][-1]
-        assert OmegaConf.to_container(cfg.method) == expected
+        assert OmegaConf.to_container(cfg.method) == expected_method(method, teacher, student)
     opt, sched = model.optimizer, model.scheduler
     assert (opt._target_, opt.lr, opt.momentum, opt.weight_decay) == ("torch.optim.SGD", lr, 0.9, 0.0005)
     assert sched._target_ == "torch.optim.lr_scheduler.MultiStepLR"
@@ -94,23 +177,35 @@ def test_recipe_follows_the_protocol(name):
 @pytest.mark.parametrize("name", FILES)
 def test_recipe_records_the_published_numbers(name):
     method, teacher, student = ROWS[name]
+    crd = {"protocol": R.CRD_PROTOCOL}
     if method == "teacher":
-        expected = {"teacher_acc": TEACHERS[teacher], "source": CRD}
+        expected = {"teacher_acc": TEACHERS[teacher][0], **crd}
     elif method == "none":
-        expected = {"student_acc": STUDENTS[student], "source": CRD}
+        expected = {"student_acc": STUDENTS[student][0], **crd}
     else:
-        expected = {
-            "teacher_acc": TEACHERS[teacher],
-            "student_acc": STUDENTS[student],
-            "method_acc": PAIRS[teacher, student][METHODS.index(method)],
-            "source": {"dkd": DKD, "dist": DIST}.get(method, CRD),
-        }
+        expected = {"teacher_acc": TEACHERS[teacher][0], "student_acc": STUDENTS[student][0]}
+        if method == "dist":
+            expected |= {"method_acc": None, "source": R.DIST_SOURCE, "protocol": "not transcribed"}
+        else:
+            cell = CELLS[method, teacher, student]
+            expected |= {"method_acc": cell.value, "source": R.cited(cell), "protocol": R.protocol(cell)}
     expected = {k: round(v / 100, 4) if isinstance(v, float) else v for k, v in expected.items()}
-    assert OmegaConf.to_container(resolved(name).published, resolve=True) == expected
+    published = OmegaConf.to_container(resolved(name).published, resolve=True)
+    source = published.pop("source")
+    assert published == {k: v for k, v in expected.items() if k != "source"}
+    if method in ("teacher", "none"):
+        role = "Teacher" if method == "teacher" else "Student"
+        assert source.startswith("CRD README (HobbitLong/RepDistiller README.md)") and source.endswith(f"row {role}")
+    else:
+        assert source == expected["source"]
+        family = "CRD README" if method in R.CRD_METHODS else "DKD (Zhao" if method in R.DKD_METHODS else "not"
+        assert family in source
+    if method in ("dkd",):  # DKD's numbers are mdistiller's best test epoch
+        assert "best test epoch" in published["protocol"]
 
 
-def test_the_readme_table_is_generated_from_the_files():
-    assert split_readme("cifar100")[1] == table("cifar100"), "run: python -m kdlab.recipes cifar100 --write"
+def test_the_readme_tables_are_generated_from_the_files():
+    assert R.split_readme("cifar100")[1] == R.table("cifar100"), "run: python -m kdlab.recipes cifar100 --write"
 
 
 def test_presets_name_their_models_in_the_zoo():
@@ -157,6 +252,7 @@ def test_recipes_run_end_to_end_on_fake_cifar(train, tmp_path_factory, name):
         r["data"] == "cifar100"
         and r["experiment"] == f"cifar100/{name}"
         and r["published"]["source"]
+        and r["published"]["protocol"]
         and len(r["student"]["per_class_acc"]) == 100
     )
     assert r["efficiency"]["latency_ms"] is None and r["efficiency"]["throughput"] is None  # measure_speed=false

@@ -32,6 +32,7 @@ from kdlab.report.results import RESULTS_FILE
 DEFAULT_BY = "data,strategy,method,student.arch"
 COLUMNS = (
     "student.test_acc",
+    "student.test_acc_best_epoch",  # the best test epoch (data.val_fraction=0), the DKD / mdistiller numbers' protocol
     "student.test_acc_best_val",
     "published.method_acc",
     "published.student_acc",
@@ -49,6 +50,7 @@ COLUMNS = (
 #: The columns of the terminal table (comparison.csv and --format markdown have them all).
 SHORT = (
     "student.test_acc",
+    "student.test_acc_best_epoch",
     "published.method_acc",
     "published.student_acc",
     "teacher.test_acc",
