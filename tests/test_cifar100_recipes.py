@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from kdlab import ROOT
@@ -259,3 +260,27 @@ def test_recipes_run_end_to_end_on_fake_cifar(train, tmp_path_factory, name):
     _, teacher, student = ROWS[name]
     assert (r["student"]["arch"], r["teacher"]["arch"]) == (arch(student), arch(teacher))
     assert r["published"] == OmegaConf.to_container(resolved(name).published, resolve=True)  # numbers, resolved
+
+
+@pytest.mark.slow  # every distillation row, CIFAR-size models on the CPU: about 2.5 minutes
+@pytest.mark.parametrize("name", [n for n in FILES if not n.startswith(("teacher_", "none_"))])
+def test_every_row_builds_its_taps_and_gives_finite_losses_and_gradients(name):
+    """The row's models and terms as the run builds them (taps, probed connectors), one batch of
+    each phase (a term's initialisation phase, then the student's), and a backward pass."""
+    from kdlab.config import instantiate
+    from kdlab.models import create_model
+    from kdlab.strategies.offline import OfflineDistillation
+
+    cfg = compose_cfg([f"experiments=cifar100/{name}"])
+    terms = instantiate(cfg.method.terms)
+    student = create_model(cfg.student.arch, 100, (3, 32, 32), **cfg.student.kwargs)
+    teacher = create_model(cfg.teacher.arch, 100, (3, 32, 32), **cfg.teacher.kwargs)
+    module = OfflineDistillation(student, terms, torch.optim.SGD, 100, (3, 32, 32), teacher=teacher).train()
+    if "crd" in terms:
+        terms["crd"].prepare(torch.arange(100).repeat(10))
+    x, y, index = torch.randn(4, 3, 32, 32), torch.arange(4), torch.arange(4)
+    for phase in [n for n, t in terms.items() if t.init_phase() is not None] + [None]:
+        module.phase = phase
+        step = module.losses(x, y, index)
+        assert torch.isfinite(step.loss), step.terms
+        step.loss.backward()
