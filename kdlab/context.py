@@ -40,14 +40,16 @@ class RunContext:
         """A fresh set of the method's weighted terms (``method.terms``)."""
         return instantiate(self.cfg.method.terms)
 
-    def model(self, spec: DictConfig) -> nn.Module:
-        """The model of a teacher or student preset (``arch``, ``kwargs``, optional pretrained weights)."""
+    def model(self, spec: DictConfig, role: str = "student") -> nn.Module:
+        """The model of a teacher or student preset (``arch``, ``kwargs``, optional pretrained weights);
+        ``role`` names the config group in error messages."""
         return create_model(
             spec.arch,
             self.data.num_classes,
             self.data.input_shape,
             pretrained=spec.get("pretrained", False),
             pretrained_path=spec.get("pretrained_path"),
+            role=role,
             **spec.kwargs,
         )
 

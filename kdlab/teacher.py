@@ -112,7 +112,7 @@ def train_teacher(run: RunContext, t: DictConfig, **fit) -> OfflineDistillation:
     pl.seed_everything(t.seed, workers=True, verbose=False)
     data = instantiate(run.cfg.data, batch_size=t.batch_size)
     run = run.child(data=data)
-    return train_offline(run, run.model(t), t, {"ce": CrossEntropy()}, max_epochs=t.max_epochs, **fit)
+    return train_offline(run, run.model(t, "teacher"), t, {"ce": CrossEntropy()}, max_epochs=t.max_epochs, **fit)
 
 
 def get_teacher(run: RunContext) -> nn.Module:
@@ -144,7 +144,7 @@ def single_teacher(run: RunContext, t: DictConfig) -> nn.Module:
         log.info(f"teacher: loading {path}")
         return load_weights(path, t.arch, classes, shape, t.kwargs, role="teacher")
     if t.max_epochs == 0:  # pretrained weights used as they are
-        return run.model(t)
+        return run.model(t, "teacher")
     key = teacher_key(teacher_recipe(t, cfg.data), data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     with cache_lock(entry):  # concurrent runs wait for the one that trains

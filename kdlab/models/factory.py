@@ -19,12 +19,15 @@ def create_model(
     input_shape: Sequence[int],
     pretrained: bool = False,
     pretrained_path: str | None = None,
+    role: str = "model",
     **kwargs,
 ) -> nn.Module:
     """Build ``arch`` for inputs of ``input_shape`` (channels first, no batch) and ``num_classes``.
 
-    ``pretrained_path`` loads local weights through timm (safetensors or ``weights_only``
-    torch files; the classifier is re-initialised when the class count differs).
+    ``pretrained_path`` loads local weights: into a kdlab zoo model through
+    ``kdlab.models.checkpoint.load_weights`` (every key and shape checked, one-line errors naming
+    ``role``), into a timm model through timm (safetensors or ``weights_only`` torch files; the
+    classifier is re-initialised when the class count differs).
     ``pretrained=True`` without a path fetches hub weights and fails clearly when offline.
     """
     if arch not in ZOO and not timm.is_model(arch):
@@ -32,12 +35,17 @@ def create_model(
             f"unknown model '{arch}'{did_you_mean(arch, sorted(ZOO) + timm.list_models())}; "
             f"kdlab models: {', '.join(sorted(ZOO))}, or any name from timm.list_models()"
         )
+    model_kwargs = dict(kwargs)  # the architecture's own arguments (channels, widths, ...)
     kwargs = dict(kwargs, num_classes=num_classes, in_chans=input_shape[0])
     if arch in ZOO:
         kwargs["input_size"] = tuple(input_shape[1:])
     if pretrained_path is not None:
         if not Path(pretrained_path).is_file():
             raise KdlabError(f"pretrained_path {pretrained_path} does not exist; give a local weights file")
+        if arch in ZOO:  # kdlab's own models have no timm weights: kdlab's loader, every key and shape checked
+            from kdlab.models.checkpoint import load_weights
+
+            return load_weights(pretrained_path, arch, num_classes, input_shape, model_kwargs, role=role)
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
         pretrained = True
     try:
