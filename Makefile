@@ -28,7 +28,7 @@ test: install  ## the test suite (fast, CPU-only, no downloads, no W&B account)
 test-slow: install  ## the slow tests too
 	$(BIN)/python -m pytest -q
 
-reproduce: install  ## the MNIST-1D reproduction table (paper baselines + distillation, 3 seeds) into docs/results.md, ~7 min
+reproduce: install  ## the MNIST-1D tables into docs/results.md, 3 seeds: paper baselines (kdlab vs the paper's code vs published) + distillation, ~9 min
 	$(BIN)/python -m kdlab.reproduce
 
 bench: install  ## training-step time, kdlab against a bare PyTorch loop (MNIST-1D, CIFAR-100 shapes) into docs/benchmarks.md, ~4 min

@@ -51,6 +51,7 @@ def test_experiment_composes(name):
         strategy,
         {"online": "dml"}.get(strategy),
         {"self": "byot"}.get(strategy),
+        "paper" if cfg.method.name == "none" else None,  # paper_<arch>: a paper's baseline under its exact protocol
     )
     assert any(n and file.startswith(n) for n in named_after), "named <method or strategy>_<teacher>_<student>"
 

@@ -29,6 +29,19 @@ def test_mnist1d_sizes_split_and_cache(tmp_path):
     assert torch.equal(other.test_set.x, dm.test_set.x)  # test is fixed
 
 
+def test_mnist1d_without_validation_or_shuffling_serves_the_file_in_order_every_epoch(tmp_path):
+    # the MNIST-1D paper's loop: all 4000 training samples, batch i = samples 100 i .. 100 i + 99, every pass
+    dm = MNIST1D(root=str(tmp_path), val_fraction=0.0, shuffle=False, batch_size=100)
+    dm.setup()
+    raw = np.load(next((tmp_path / "mnist1d").glob("*.npz")))
+    assert len(dm.train_set) == 4000 and dm.validates_on_test
+    assert np.allclose(dm.train_set.x[:, 0].numpy(), raw["x"], atol=1e-6)  # the file's order
+    epochs = [[b[2].tolist() for b in dm.train_dataloader()] for _ in range(2)]
+    assert epochs[0] == epochs[1] and epochs[0][1] == list(range(100, 200)) and len(epochs[0]) == 40
+    shuffled = MNIST1D(root=str(tmp_path), val_fraction=0.0, batch_size=100)
+    assert [b[2].tolist() for b in shuffled.train_dataloader()][0] != list(range(100))
+
+
 def test_mnist1d_regenerates_a_corrupt_cache(tmp_path):
     MNIST1D(root=str(tmp_path)).setup()
     (cached,) = (tmp_path / "mnist1d").glob("*.npz")

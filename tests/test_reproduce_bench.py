@@ -11,16 +11,18 @@ from kdlab import ROOT, bench, reproduce
 
 def test_every_reproduce_row_is_an_experiment_and_runs_once():
     names = [name for _, name, *_ in reproduce.BASELINES + reproduce.DISTILLATION]
-    assert sorted(reproduce.ORDER) == sorted(names)
+    assert sorted(reproduce.ORDER) == sorted(set(names) | set(reproduce.PAPER_CODE))
+    assert len(reproduce.ORDER) == len(set(reproduce.ORDER))
     for name in names:
         assert (ROOT / "experiments" / f"{name}.yaml").exists(), name
     # the baselines are the MNIST-1D paper's setup: no input noise, each with its published number
     from tests.conftest import compose_cfg
 
-    for _, name, published in reproduce.BASELINES:
+    for _, name, arch, published in reproduce.BASELINES:
         cfg = compose_cfg([f"experiments={name}"])
-        assert cfg.data.noise_std == 0 and cfg.method.name == "none"
-        assert cfg.published.student_acc == published
+        assert cfg.data.noise_std == 0 and cfg.method.name == "none" and cfg.data.val_fraction == 0
+        assert cfg.published.student_acc == published and cfg.student.arch == arch
+        assert f"paper_code/{arch}" in reproduce.PAPER_CODE and arch in reproduce.PAPER_MODELS
 
 
 def fake_results(out, name, accs, **extra):
@@ -37,6 +39,11 @@ def fake_results(out, name, accs, **extra):
         path.write_text(json.dumps(record))
 
 
+def fake_paper_code(out, arch, accs):
+    runs = [{"arch": arch, "seed": seed, "test_acc": acc, "wall_s": 1.0} for seed, acc in enumerate(accs)]
+    reproduce.paper_code_file(out, arch).write_text(json.dumps(runs))
+
+
 def test_reproduce_report_gives_mean_std_and_differences(tmp_path):
     rows = reproduce.BASELINES + reproduce.DISTILLATION
     for _, name, *_ in rows:
@@ -46,16 +53,32 @@ def test_reproduce_report_gives_mean_std_and_differences(tmp_path):
             fake_results(tmp_path, name, [0.60, 0.62, 0.64], peers=[{"test_acc": 0.70}, {"test_acc": 0.90}])
         else:
             fake_results(tmp_path, name, [0.60, 0.62, 0.64])
-    text = reproduce.report(tmp_path, 600.0, {name: 10.0 for _, name, *_ in rows})
+    for _, _, arch, _ in reproduce.BASELINES:
+        fake_paper_code(tmp_path, arch, [0.63, 0.65, 0.67])
+    text = reproduce.report(tmp_path, 600.0, {name: 10.0 for name in reproduce.ORDER} | {"paper_code/mlp": 4.0})
     assert "Wall time: 10.0 min" in text
-    # MLP baseline: mean 62.0, std 2.0, published 68 -> -6.0 points
-    assert "| MLP | 15,210 | 62.0 ± 2.0 | 63.0 ± 2.0 | 68 | -6.0 | 10 |" in text
-    # KD against the MLP alone: +10.0 points, with its teacher
+    # MLP baseline: kdlab 62.0 ± 2.0, paper's code 65.0 ± 2.0, published 68: -3.0 and -6.0 points
+    mlp = next(line for line in text.splitlines() if line.startswith("| MLP (residual"))
+    assert mlp.endswith("| 15,210 | 62.0 ± 2.0 | 65.0 ± 2.0 | 68 | -3.0 | -6.0 | 10 / 4 |"), mlp
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert "kdlab-train (%) | paper's code (%) | published (%)" in header
+    # KD against the MLP alone: +10.0 points, with its teacher (the distillation table is unchanged)
     kd = next(line for line in text.splitlines() if line.startswith("| KD"))
     assert "| 72.0 ± 2.0 | 73.0 ± 2.0 | +10.0 | teacher cnn1d 94.0 ± 0.0 |" in kd
     # DML with the CNN reports its MLP peer (peer 0), not the deployed student
     dml = next(line for line in text.splitlines() if "MLP + CNN peers" in line)
     assert "| 70.0 ± 0.0 | - | +8.0 | peers 70.0 ± 0.0 / 90.0 ± 0.0 |" in dml
+
+
+def test_reproduce_cli_and_paper_code(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.cli(["--help"])
+    assert stop.value.code == 0 and "--paper-code {cnn1d,logistic,mlp}" in capsys.readouterr().out
+    # a few steps of the paper's loop through the same function the CLI calls
+    runs = reproduce.paper_code("mlp", [0, 1], total_steps=3, eval_every=1)
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["updates"] == 4 for r in runs)
+    assert all(len(r["test_acc_curve"]) == 4 and 0 <= r["test_acc"] <= 1 for r in runs)
+    assert runs[0]["params"] == 15210 and runs[0]["test_acc_curve"] != runs[1]["test_acc_curve"]
 
 
 def test_bench_section_replaces_only_its_device(tmp_path):

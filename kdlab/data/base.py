@@ -69,9 +69,12 @@ def keep_batch(batch):
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random (train, val) partition of ``range(n)``."""
+    """A seeded random (train, val) partition of ``range(n)``; with no validation split, the
+    training set in its own order."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return torch.arange(n), torch.arange(0)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = round(n * val_fraction)
     return perm[n_val:], perm[:n_val]
@@ -95,8 +98,10 @@ class KDDataModule(pl.LightningDataModule):
         split_seed: Seed = 0,
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
+        shuffle: bool = True,
     ):
         super().__init__()
+        self.shuffle = shuffle  # False: the training batches in the same order every epoch (the MNIST-1D paper's loop)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
         self.val_fraction = val_fraction
@@ -154,7 +159,7 @@ class KDDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

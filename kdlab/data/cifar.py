@@ -94,8 +94,9 @@ class CIFAR(KDDataModule):
         split_seed: Seed = 0,
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
+        shuffle: bool = True,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
         if classes not in LAYOUT:
             raise KdlabError(f"CIFAR has 10 or 100 classes, got classes={classes}")
         self.name = f"cifar{classes}"

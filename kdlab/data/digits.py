@@ -25,8 +25,9 @@ class Digits(KDDataModule):
         split_seed: Seed = 0,
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
+        shuffle: bool = True,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
         self.image_size, self.test_fraction = image_size, test_fraction
         self.num_classes, self.input_shape = 10, (1, image_size, image_size)
 

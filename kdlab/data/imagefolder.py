@@ -46,8 +46,9 @@ class ImageFolderData(KDDataModule):
         split_seed: Seed = 0,
         num_workers: NonNegativeInt = 2,
         eval_batch_size: PositiveInt | None = None,
+        shuffle: bool = True,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
         self.root = Path(root)
         if not self.root.is_dir():
             raise KdlabError(f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>")

@@ -70,10 +70,11 @@ class MNIST1D(KDDataModule):
         split_seed: Seed = 0,
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
+        shuffle: bool = True,
         noise_std: NonNegativeFloat = 0.0,
         max_shift: NonNegativeInt = 0,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
         self.noise_std, self.max_shift = noise_std, max_shift
         self.root, self.num_samples = root, num_samples
         self.generation_seed, self.shuffle_seq = generation_seed, shuffle_seq

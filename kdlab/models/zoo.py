@@ -56,9 +56,30 @@ class Logistic(ClassifierMixin, nn.Module):
         return x.flatten(1)  # (b, c*L)
 
 
+class ResidualBlock(nn.Sequential):
+    """``x + f(x)`` for the layers ``f`` it holds (``Linear -> ReLU`` in the MLP): the parameters
+    keep the plain block's names (``0.weight``, ``0.bias``), so only the forward differs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + super().forward(x)
+
+
 class MLP(ClassifierMixin, nn.Module):
-    """The MNIST-1D paper's MLP: ``depth`` hidden layers of ``hidden`` units with ReLU.
-    Taps: ``blocks.0`` ... ``blocks.{depth-1}`` (post-activation, (b, hidden))."""
+    """The MNIST-1D paper's MLP: ``depth`` hidden layers of ``hidden`` units with ReLU, then a
+    linear classifier (15210 parameters at the defaults on MNIST-1D, either form).
+
+    ``residual=False`` (the default, kdlab's recipes): ``h_i = relu(W_i h_{i-1} + b_i)``.
+    ``residual=True`` is the MNIST-1D paper's code (greydanus/mnist1d ``notebooks/models.py``,
+    ``MLPBase.forward``): the first hidden layer is plain, every later one adds its input,
+    ``h_i = h_{i-1} + relu(W_i h_{i-1} + b_i)`` (i >= 2), so with ``depth=2``::
+
+        h = relu(linear1(x)); h = h + relu(linear2(h)); logits = linear3(h)
+
+    The skip has been in ``MLPBase`` since the repository's first commit (08ff47f, 2020); the
+    README's table (68%) calls the model just "MLP". Same parameters and parameter names
+    either way, so a checkpoint loads into both forms.
+    Taps: ``blocks.0`` ... ``blocks.{depth-1}`` (post-activation, (b, hidden); for a residual
+    block, after the sum)."""
 
     def __init__(
         self,
@@ -67,14 +88,17 @@ class MLP(ClassifierMixin, nn.Module):
         input_size: Sequence[int] = (40,),
         hidden: int = 100,
         depth: int = 2,
+        residual: bool = False,
     ):
         super().__init__()
         width = in_chans * int(torch.tensor(input_size).prod())
         blocks = []
-        for _ in range(depth):
-            blocks.append(nn.Sequential(nn.Linear(width, hidden), nn.ReLU()))
+        for i in range(depth):
+            block = ResidualBlock if residual and i > 0 else nn.Sequential
+            blocks.append(block(nn.Linear(width, hidden), nn.ReLU()))
             width = hidden
         self.blocks = nn.Sequential(*blocks)
+        self.residual = residual
         self.feature_taps = tuple(f"blocks.{i}" for i in range(depth))
         self.num_classes, self.num_features = num_classes, width
         self.head = nn.Linear(width, num_classes)
@@ -178,7 +202,7 @@ def _register(name: str, cls, doc: str, **defaults):
 
 
 _register("logistic", Logistic, "Logistic regression (MNIST-1D paper baseline).")
-_register("mlp", MLP, "MLP, 2 hidden layers of 100 (MNIST-1D paper, 15210 params on MNIST-1D).")
+_register("mlp", MLP, "MLP, 2 hidden layers of 100 (MNIST-1D paper, 15210 params); residual=True: the paper's code.")
 _register("cnn1d", CNN1D, "1-D ConvNet of the MNIST-1D paper (5210 params).")
 _register("cnn_tiny", ConvNet, "conv-BN-ReLU net, widths 8/16/32 (1-D or 2-D).", widths=(8, 16, 32))
 _register("cnn_small", ConvNet, "conv-BN-ReLU net, widths 16/32/64 (1-D or 2-D).", widths=(16, 32, 64))
