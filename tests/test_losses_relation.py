@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
-from kdlab.losses.relation import cc_loss
+from kdlab.losses.relation import cc_kernel_loss, cc_loss
 from tests.reference import F64, numeric_grad, randn, seeded
 
 # ---------------------------------------------------------------------------------------------
@@ -342,3 +342,51 @@ def test_cc_limits():
     loss = cc_loss(one, t[:1])
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(one.grad, torch.zeros_like(one))
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlation congruence, the paper's Taylor-expanded Gaussian-RBF correlation matrices
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_cc_kernel(s, t, gamma: float, max_p: int) -> float:
+    """Entry by entry in plain Python: k(x, y) = exp(-2g) sum_p (2g)^p / p! (x.y)^p; 1/b^2 sum (Cs - Ct)^2."""
+    s, t = np.asarray(s, np.float64).reshape(len(s), -1), np.asarray(t, np.float64).reshape(len(t), -1)
+    b = len(s)
+
+    def k(x, y):
+        dot = float(sum(a * c for a, c in zip(x, y)))
+        return math.exp(-2 * gamma) * sum((2 * gamma) ** p / math.factorial(p) * dot**p for p in range(max_p + 1))
+
+    return sum((k(s[i], s[j]) - k(t[i], t[j])) ** 2 for i in range(b) for j in range(b)) / b**2
+
+
+def test_cc_kernel_by_hand():
+    # b = 1, d = 1: C_s = e^{-2g}(1 + 2g s^2 + 2g^2 s^4), C_t likewise with t
+    s, t, g = torch.tensor([[2.0]], dtype=F64), torch.tensor([[1.0]], dtype=F64), 0.5
+    cs = math.exp(-1) * (1 + 1 * 4 + 0.5 * 16)  # (2g)^1 / 1! = 1, (2g)^2 / 2! = 0.5
+    ct = math.exp(-1) * (1 + 1 + 0.5)
+    assert cc_kernel_loss(s, t, gamma=g, max_p=2).item() == pytest.approx((cs - ct) ** 2, rel=1e-12)
+    assert cc_kernel_loss(s, s.clone(), gamma=g, max_p=2).item() == 0.0
+    # max_p = 0: the kernel is the constant exp(-2g), both matrices equal
+    assert cc_kernel_loss(randn(4, 3, seed=70), randn(4, 3, seed=71), gamma=0.4, max_p=0).item() == 0.0
+
+
+@pytest.mark.parametrize("gamma, max_p", [(0.4, 2), (0.1, 3), (1.0, 1)])
+def test_cc_kernel_matches_reference_and_its_gradient(gamma, max_p):
+    s, t = randn(5, 4, seed=72) * 0.5, randn(5, 2, 2, seed=73) * 0.5
+    expected = ref_cc_kernel(s.numpy(), t.numpy(), gamma, max_p)
+    assert cc_kernel_loss(s, t, gamma, max_p).item() == pytest.approx(expected, rel=1e-12)
+    assert cc_kernel_loss(s.float(), t.float(), gamma, max_p).item() == pytest.approx(expected, rel=1e-4)
+    # gradient: finite differences of the independent reference
+    s_req = s.clone().requires_grad_()
+    cc_kernel_loss(s_req, t, gamma, max_p).backward()
+    h, numeric = 1e-6, np.zeros(s.shape)
+    for idx in np.ndindex(*s.shape):
+        up, down = s.numpy().copy(), s.numpy().copy()
+        up[idx] += h
+        down[idx] -= h
+        numeric[idx] = (ref_cc_kernel(up, t.numpy(), gamma, max_p) - ref_cc_kernel(down, t.numpy(), gamma, max_p)) / (
+            2 * h
+        )
+    assert np.allclose(s_req.grad.numpy(), numeric, rtol=1e-6, atol=1e-9)

@@ -216,3 +216,23 @@ def test_fsp_runs_its_init_phase_end_to_end(train):
     assert math.isfinite(r["student"]["test_acc"])
     with pytest.raises(KdlabError, match=r"FSP needs student and teacher maps of the same channels"):
         train([*overrides[:3], "method.terms.fsp.init_epochs=1"])  # 8 channels against the teacher's 25
+
+
+def test_cc_kernel_option_selects_the_papers_correlation_matrices(train):
+    from kdlab.losses import cc_kernel_loss, cc_loss
+    from kdlab.methods import CC
+    from kdlab.methods.base import StepOutputs
+
+    s, t = torch.randn(6, 10), torch.randn(6, 12)
+    for kernel, loss in ((None, cc_loss), ("gaussian", lambda a, b: cc_kernel_loss(a, b, 0.3, 3))):
+        term = CC(weight=2.0, feat_dim=4, kernel=kernel, gamma=0.3, max_p=3)
+        term.student_taps, term.teacher_taps = ["pre_logits"], ["pre_logits"]
+        term.build({"pre_logits": s}, {"pre_logits": t})
+        out = StepOutputs(torch.zeros(6, 3), torch.zeros(6, dtype=torch.long))
+        out.student_feats, out.teacher_feats = {"pre_logits": s}, {"pre_logits": t}
+        expected = 2.0 * loss(term.embed_s(s), term.embed_t(t))
+        assert torch.allclose(term(out), expected)
+    r = train(["method=cc", "method.terms.cc.kernel=gaussian", "teacher=cnn1d", "student=cnn1d_narrow"])
+    assert 0.0 <= r["student"]["test_acc"] <= 1.0
+    with pytest.raises(KdlabError, match="kernel"):
+        train(["method=cc", "method.terms.cc.kernel=rbf"])

@@ -16,7 +16,7 @@ from kdlab.losses.feature import (
     vid_log_scale,
     vid_loss,
 )
-from kdlab.losses.relation import cc_loss, crd_loss, pkt_loss, rkd_loss, sp_loss
+from kdlab.losses.relation import cc_kernel_loss, cc_loss, crd_loss, pkt_loss, rkd_loss, sp_loss
 from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "pkt_loss",
     "crd_loss",
     "cc_loss",
+    "cc_kernel_loss",
     "ab_loss",
     "ft_factor",
     "ft_loss",

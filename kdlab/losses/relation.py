@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -105,3 +107,24 @@ def cc_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     if len(delta) < 2:
         return delta.sum() * 0.0
     return (delta[:-1] * delta[1:]).sum(1).mean()  # (b - 1,) -> scalar
+
+
+def cc_kernel_loss(student_emb: Tensor, teacher_emb: Tensor, gamma: float = 0.4, max_p: int = 2) -> Tensor:
+    """Correlation Congruence for Knowledge Distillation (Peng et al., ICCV 2019), the paper's form.
+
+    Each model's (b, b) correlation matrix of its ``(b, d)`` embeddings (flattened), with the
+    Gaussian RBF kernel approximated by its order-``max_p`` Taylor series,
+    k(x, y) = exp(-2 gamma) sum_{p=0..max_p} (2 gamma)^p / p! (x . y)^p, then
+    1/b^2 ||C_s - C_t||_F^2 (the paper's eq. 7; torchdistill's ``CCKDLoss``, defaults gamma 0.4
+    and max_p 2, takes the norm without squaring it). kdlab's ``cc`` method uses RepDistiller's
+    ``cc_loss`` by default, the code behind the CRD table; ``method.terms.cc.kernel=gaussian``
+    selects this one.
+    """
+    b = student_emb.shape[0]
+
+    def correlation(e: Tensor) -> Tensor:
+        dots = e.flatten(1) @ e.flatten(1).t()  # (b, b)
+        series = sum((2 * gamma) ** p / math.factorial(p) * dots**p for p in range(max_p + 1))
+        return math.exp(-2 * gamma) * series
+
+    return (correlation(student_emb) - correlation(teacher_emb)).pow(2).sum() / (b * b)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from kdlab.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from kdlab.errors import KdlabError
 from kdlab.losses import crd_loss, pkt_loss, rkd_loss, sp_loss
-from kdlab.losses.relation import cc_loss
+from kdlab.losses.relation import cc_kernel_loss, cc_loss
 from kdlab.methods.base import FeatureTerm, StepOutputs
 from kdlab.models import PRE_LOGITS
 
@@ -205,18 +206,22 @@ class LinearEmbed(nn.Module):
 class CC(EmbeddingTerm):
     """Peng et al. (2019): correlation congruence, as RepDistiller's ``--distill correlation``:
     learnable linear embeddings (``feat_dim``) of both models' penultimate features, both trained
-    with the student, compared by RepDistiller's ``Correlation`` (``cc_loss``; not the paper's
-    kernel correlation matrices, see there)."""
+    with the student, compared by RepDistiller's ``Correlation`` (``cc_loss``, the code of the CRD
+    table's numbers) or, with ``kernel="gaussian"``, by the paper's Taylor-expanded Gaussian-RBF
+    correlation matrices (``cc_kernel_loss``, ``gamma``, ``max_p``)."""
 
     def __init__(
         self,
         weight: NonNegativeFloat = 0.02,
         feat_dim: PositiveInt = 128,
+        kernel: Literal["gaussian"] | None = None,
+        gamma: PositiveFloat = 0.4,
+        max_p: NonNegativeInt = 2,
         student_taps: Sequence[str] | None = None,
         teacher_taps: Sequence[str] | None = None,
     ):
         super().__init__(weight, student_taps, teacher_taps)
-        self.feat_dim = feat_dim
+        self.feat_dim, self.kernel, self.gamma, self.max_p = feat_dim, kernel, gamma, max_p
 
     def select_taps(self, student, teacher):
         super().select_taps(student, teacher)
@@ -230,6 +235,8 @@ class CC(EmbeddingTerm):
 
     def loss(self, out: StepOutputs) -> Tensor:
         ((fs, ft),) = self.pairs(out)
+        if self.kernel == "gaussian":
+            return cc_kernel_loss(self.embed_s(fs), self.embed_t(ft), self.gamma, self.max_p)
         return cc_loss(self.embed_s(fs), self.embed_t(ft))
 
     def extra_repr(self) -> str:
