@@ -91,9 +91,12 @@ class OfflineDistillation(DistillationModule):
     """Trains ``student`` on the weighted sum of ``terms``; ``teacher`` is frozen.
 
     The teacher gets ``requires_grad_(False)`` and stays in eval mode whenever the module is
-    put in train mode. When no term needs a teacher (``method=none``) this is plain
-    supervised training and no teacher is kept. Learnable parts of the terms (regressors,
-    embeddings) are optimised with the student and saved in its checkpoints.
+    put in train mode, unless a term's reference trains with it in train mode
+    (``Term.teacher_train_mode``, OFD: batch statistics; its BN statistics are restored after
+    each fit). When no term needs a teacher (``method=none``) this is plain supervised training
+    and no teacher is kept. Learnable parts of the terms (regressors, embeddings) are optimised
+    with the student and saved in its checkpoints. While ``phase`` names a term, the module
+    trains that term's initialisation phase instead (``train_offline`` runs them first).
 
     Logged once per epoch: ``train/loss`` and every weighted term as ``train/loss_<name>``,
     ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best`` (each after ``log_prefix``).
