@@ -4,9 +4,12 @@ and the helpers every strategy needs (terms, models, optimizers, the teacher, a 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import os
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from torch import nn
 
 from kdlab.callbacks import ProgressBar
 from kdlab.config import instantiate
+from kdlab.errors import KdlabError
 from kdlab.models import create_model
 
 
@@ -92,6 +96,36 @@ class RunContext:
         return trainer
 
 
+@contextmanager
+def run_directory(output_dir: Path):
+    """Hold ``output_dir`` for one run: a second kdlab run started into it while the first is alive
+    stops in one line instead of mixing its files with the first's. The lock (``.kdlab.lock``, an
+    OS file lock) goes with the process, so a killed run never leaves it held. DDP ranks other than
+    0 share their rank 0's directory and do not take it."""
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        yield
+        return
+    path = output_dir / ".kdlab.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise KdlabError(
+                f"{output_dir} is in use by another kdlab run (pid {holder}); wait for it, or give this run "
+                "another directory (hydra.run.dir=...)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def quiet_third_party() -> None:
     """Keep the terminal for kdlab's own lines: no Lightning tips/device banners, no known-harmless warnings."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -128,15 +162,21 @@ def build_trainer(
     """``cfg.trainer`` plus kdlab's callbacks (last + best ``monitor`` checkpoints, rich progress
     bar) and the caller's ``callbacks`` (a sweep's pruning callback)."""
     callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []] + list(callbacks)
-    if checkpoints:
+    if checkpoints:  # the best first: it is the trainer's checkpoint_callback, which reports best_model_path
         callbacks.append(
             ModelCheckpoint(
                 dirpath=output_dir / "checkpoints",
                 filename="best-epoch{epoch:03d}",
                 monitor=monitor,
                 mode="max",
-                save_last=True,
                 auto_insert_metric_name=False,
+            )
+        )
+        # last.ckpt: the state after the latest epoch, every epoch (save_last on the monitored callback
+        # rewrites it only when the accuracy improves), overwritten in place (no last-v1.ckpt beside it)
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=output_dir / "checkpoints", filename="last", monitor=None, enable_version_counter=False
             )
         )
     if cfg.trainer.get("enable_progress_bar", True):

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab import CONFIG_DIR
 from kdlab.config import instantiate, upgrade_overrides, validate
-from kdlab.context import RunContext, build_loggers, quiet_third_party
+from kdlab.context import RunContext, build_loggers, quiet_third_party, run_directory
 from kdlab.errors import one_line_errors
 from kdlab.models.export import export_student
 from kdlab.report import RESULTS_FILE, evaluate, finite_or_null, print_summary, write_results
@@ -52,10 +52,15 @@ def run(
     """The whole kdlab-train job; returns the results.json dict. Sweeps and tests call it with a
     composed ``cfg``: ``callbacks`` join the fit, ``tags`` the W&B run's, ``experiment`` is the
     recipe given (``experiments=``), and an exception of a ``pruned`` type ends it as pruned."""
-    start = time.perf_counter()
-    quiet_third_party()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    with run_directory(output_dir):  # a second run started into the same directory refuses
+        return _run(cfg, output_dir, overrides, callbacks, tags, summary, experiment, pruned)
+
+
+def _run(cfg, output_dir: Path, overrides, callbacks, tags, summary, experiment, pruned) -> dict:
+    start = time.perf_counter()
+    quiet_third_party()
     cfg.paths.output_dir = str(output_dir)
     validate(cfg)
     torch.set_num_threads(cfg.torch_threads)

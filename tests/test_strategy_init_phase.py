@@ -76,7 +76,7 @@ def test_an_offline_run_fits_the_phase_first_logged_and_checkpointed(train):
     phase_dir = r["_dir"] / "init_pull"
     assert (phase_dir / "checkpoints" / "last.ckpt").is_file()  # checkpointed like any other fit
     state = torch.load(phase_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert 0.5 < state["terms.pull.value"].item() < 3.0  # 2 epochs x 3 batches of SGD towards 3
+    assert abs(state["terms.pull.value"].item() - 3.0) < 1.5  # from 0, 2 epochs x 3 batches of SGD towards 3
     (metrics,) = r["_dir"].rglob("metrics.csv")
     columns = next(csv.reader(metrics.open()))
     assert "init_pull/train/loss_pull" in columns and "init_pull/val/acc" in columns  # logged under its name

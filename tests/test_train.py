@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
@@ -253,3 +254,51 @@ def test_exported_student_reproduces_the_runs_test_accuracy(train):
     assert (onnx_logits.argmax(-1) == data.test_set.y.numpy()).mean() == pytest.approx(
         r["student"]["test_acc"], abs=1e-6
     )
+
+
+def test_last_checkpoint_is_the_latest_epoch_and_a_rerun_overwrites_it(train):
+    # Lightning's save_last on the monitored checkpoint rewrites last.ckpt only when val/acc improves
+    r = train(["method=none", "trainer.max_epochs=5"])
+    checkpoints = r["_dir"] / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 4
+    from kdlab.config import compose
+    from kdlab.train import run
+
+    cfg, _ = compose(["logger=none", "method=none", "trainer.max_epochs=2", "+trainer.limit_train_batches=3"])
+    run(cfg, r["_dir"], summary=False)  # the same directory again
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert not list(checkpoints.glob("last-v*.ckpt"))
+
+
+def test_a_second_run_into_a_directory_in_use_refuses_in_one_line(train, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from kdlab.context import run_directory
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with run_directory(busy):
+        from kdlab.config import compose
+        from kdlab.train import run
+
+        cfg, _ = compose(["logger=none", "method=none"])
+        with pytest.raises(KdlabError, match=r"busy is in use by another kdlab run \(pid \d+\).*hydra.run.dir") as e:
+            run(cfg, busy, summary=False)
+        assert "\n" not in str(e.value) and not (busy / "results.json").exists()
+    # a run killed while holding the directory does not leave it held
+    holder = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from kdlab.context import run_directory
+        with run_directory(Path({str(busy)!r})):
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    p.kill()
+    p.wait()
+    with run_directory(busy):
+        pass
