@@ -109,6 +109,15 @@ class Term(nn.Module):
         return f"weight={self.weight}"
 
 
+def last_pairs(student_stages: list[str], teacher_stages: list[str], given: tuple[int, int]) -> tuple[list, list]:
+    """The last min(n_student, n_teacher) stages of each model. A side whose taps are given
+    explicitly arrives with no stages and counts as its ``given`` number of taps. RepDistiller zips
+    ``feat_s[1:-1]`` with ``feat_t[1:-1]``, of equal length on every pair of its benchmark; on
+    those pairs the last-k pairing is the same."""
+    k = min(len(student_stages) or given[0], len(teacher_stages) or given[1])
+    return student_stages[len(student_stages) - k :], teacher_stages[len(teacher_stages) - k :]
+
+
 class FeatureTerm(Term):
     """A term on tapped features of both models.
 
@@ -129,6 +138,10 @@ class FeatureTerm(Term):
 
     def default_taps(self, student_stages: list[str], teacher_stages: list[str]) -> tuple[list[str], list[str]]:
         raise NotImplementedError
+
+    def last_stage_pairs(self, student_stages: list[str], teacher_stages: list[str]) -> tuple[list, list]:
+        """``default_taps`` of the terms that pair stages: the last min(n_student, n_teacher) of each."""
+        return last_pairs(student_stages, teacher_stages, (len(self.student_taps), len(self.teacher_taps)))
 
     def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if not self.student_taps or not self.teacher_taps:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from kdlab.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from kdlab.errors import KdlabError
 from kdlab.losses.connector import ab_loss, ft_loss, hcl_loss, ofd_loss, ofd_margin
-from kdlab.methods.base import FeatureTerm, InitPhase, StepOutputs, feature_modules
-from kdlab.methods.feature import BN, CONV, CONV_T
+from kdlab.methods.base import FeatureTerm, InitPhase, StepOutputs, feature_modules, last_pairs
+from kdlab.methods.feature import BN, CONV, CONV_T, conv_connector
 from kdlab.models import PRE_LOGITS, bn_before_relu, feature_stages, preact_stages
 
 
@@ -41,12 +41,6 @@ def require_maps(method: str, feats: dict[str, Tensor], paths: Sequence[str]) ->
     return dims.pop()
 
 
-def last_pairs(student_stages: list[str], teacher_stages: list[str], given: tuple[int, int]) -> tuple[list, list]:
-    """The last min(n_student, n_teacher) stages of each (a side given explicitly counts its taps)."""
-    k = min(len(student_stages) or given[0], len(teacher_stages) or given[1])
-    return student_stages[len(student_stages) - k :], teacher_stages[len(teacher_stages) - k :]
-
-
 class PreactTerm(FeatureTerm):
     """A feature term whose default taps pair the last stages of both models, pre-activation
     (``preact_stages``) on the sides named in ``preact``."""
@@ -57,7 +51,7 @@ class PreactTerm(FeatureTerm):
         return preact_stages(model, owner) if pre else feature_stages(model, owner)
 
     def default_taps(self, student_stages, teacher_stages):
-        return last_pairs(student_stages, teacher_stages, (len(self.student_taps), len(self.teacher_taps)))
+        return self.last_stage_pairs(student_stages, teacher_stages)
 
     def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if not self.student_taps or not self.teacher_taps:
@@ -70,23 +64,10 @@ class PreactTerm(FeatureTerm):
 
 
 def conv_reg(method: str, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Sequential:
-    """RepDistiller's ``ConvReg`` without its ReLU (conv -> BN), as its AB ``Connector`` uses:
-    a stride-2 conv when the student map is twice as large, a transposed conv when half as
-    large, else a valid conv of kernel 1 + s - t. Shapes (c, *spatial), 1-D or 2-D."""
-    (s_c, *s_sp), (t_c, *t_sp) = student_shape, teacher_shape
-    dims = len(s_sp)
-    if all(a == 2 * b for a, b in zip(s_sp, t_sp)):
-        conv = CONV[dims](s_c, t_c, 3, stride=2, padding=1)
-    elif all(2 * a == b for a, b in zip(s_sp, t_sp)):
-        conv = CONV_T[dims](s_c, t_c, 4, stride=2, padding=1)
-    elif all(a >= b for a, b in zip(s_sp, t_sp)):
-        conv = CONV[dims](s_c, t_c, tuple(1 + a - b for a, b in zip(s_sp, t_sp)))
-    else:
-        raise KdlabError(
-            f"{method} cannot connect student maps {tuple(student_shape)} to teacher maps {tuple(teacher_shape)}; "
-            "tap other stages"
-        )
-    return nn.Sequential(conv, BN[dims](t_c))
+    """RepDistiller's ``ConvReg`` without its ReLU (conv -> BN), as its AB ``Connector`` uses."""
+    return nn.Sequential(
+        conv_connector(method, student_shape, teacher_shape), BN[len(student_shape) - 1](teacher_shape[0])
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,27 +20,33 @@ CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 
+def conv_connector(method: str, student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+    """The convolution of RepDistiller's ``ConvReg`` from a student map shape (c, *spatial) to a
+    teacher one, 1-D or 2-D: a stride-2 conv when the student map is twice as large, a transposed
+    conv when half as large, otherwise a valid conv of kernel 1 + s - t."""
+    (s_c, *s_sp), (t_c, *t_sp) = student_shape, teacher_shape
+    dims = len(s_sp)
+    if all(a == 2 * b for a, b in zip(s_sp, t_sp)):
+        return CONV[dims](s_c, t_c, 3, stride=2, padding=1)
+    if all(2 * a == b for a, b in zip(s_sp, t_sp)):
+        return CONV_T[dims](s_c, t_c, 4, stride=2, padding=1)
+    if all(a >= b for a, b in zip(s_sp, t_sp)):
+        return CONV[dims](s_c, t_c, tuple(1 + a - b for a, b in zip(s_sp, t_sp)))
+    raise KdlabError(
+        f"{method} cannot map student features {tuple(student_shape)} to teacher features "
+        f"{tuple(teacher_shape)}; tap other stages"
+    )
+
+
 def regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
     """FitNets' learnable regressor from a student feature shape to a teacher one (no batch dim).
 
-    Maps of the same rank get RepDistiller's ``ConvReg`` (conv -> BN -> ReLU): a stride-2 conv
-    when the student map is twice as large, a transposed conv when half as large, otherwise
-    a valid conv of kernel 1 + s - t. Anything else (vectors, ranks that differ) is
-    flattened into a linear map.
+    Maps of the same rank get RepDistiller's ``ConvReg`` (``conv_connector`` -> BN -> ReLU).
+    Anything else (vectors, ranks that differ) is flattened into a linear map.
     """
     s, t = tuple(student_shape), tuple(teacher_shape)
-    dims = len(s) - 1
-    if len(s) == len(t) and dims in CONV:
-        (s_c, *s_sp), (t_c, *t_sp) = s, t
-        if all(a == 2 * b for a, b in zip(s_sp, t_sp)):
-            conv = CONV[dims](s_c, t_c, 3, stride=2, padding=1)
-        elif all(2 * a == b for a, b in zip(s_sp, t_sp)):
-            conv = CONV_T[dims](s_c, t_c, 4, stride=2, padding=1)
-        elif all(a >= b for a, b in zip(s_sp, t_sp)):
-            conv = CONV[dims](s_c, t_c, tuple(1 + a - b for a, b in zip(s_sp, t_sp)))
-        else:
-            raise KdlabError(f"FitNet cannot map student features {s} to teacher features {t}; tap other stages")
-        return nn.Sequential(conv, BN[dims](t_c), nn.ReLU())
+    if len(s) == len(t) and len(s) - 1 in CONV:
+        return nn.Sequential(conv_connector("FitNet", s, t), BN[len(s) - 1](t[0]), nn.ReLU())
     return nn.Sequential(
         nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())), nn.Unflatten(1, t)
     )
@@ -97,9 +103,7 @@ class AT(FeatureTerm):
         self.p = p
 
     def default_taps(self, student_stages, teacher_stages):
-        # a side given explicitly arrives with no stages: pair as many of the other side's stages
-        k = min(len(student_stages) or len(self.student_taps), len(teacher_stages) or len(self.teacher_taps))
-        return student_stages[len(student_stages) - k :], teacher_stages[len(teacher_stages) - k :]
+        return self.last_stage_pairs(student_stages, teacher_stages)
 
     def build(self, student_feats, teacher_feats):
         for path, f in [
@@ -114,15 +118,6 @@ class AT(FeatureTerm):
 
     def loss(self, out: StepOutputs) -> Tensor:
         return sum(at_loss(fs, ft, self.p) for fs, ft in self.pairs(out))
-
-
-def _last_pairs(term: FeatureTerm, student_stages: list[str], teacher_stages: list[str]) -> tuple[list, list]:
-    """The last min(n_student, n_teacher) stages of each (a side given explicitly arrives with no
-    stages: as many of the other side's as it names). RepDistiller zips ``feat_s[1:-1]`` with
-    ``feat_t[1:-1]``, which are of equal length on every pair of its benchmark; on those pairs
-    the last-k pairing is the same."""
-    k = min(len(student_stages) or len(term.student_taps), len(teacher_stages) or len(term.teacher_taps))
-    return student_stages[len(student_stages) - k :], teacher_stages[len(teacher_stages) - k :]
 
 
 def _check_maps(term: FeatureTerm, student_feats, teacher_feats, ranks: tuple[int, ...], need: str) -> None:
@@ -190,7 +185,7 @@ class VID(FeatureTerm):
         self.regressors = nn.ModuleList()
 
     def default_taps(self, student_stages, teacher_stages):
-        return _last_pairs(self, student_stages, teacher_stages)
+        return self.last_stage_pairs(student_stages, teacher_stages)
 
     def build(self, student_feats, teacher_feats):
         _check_maps(self, student_feats, teacher_feats, (2, 3, 4), "feature maps (b, c, L), (b, c, h, w) or vectors")
@@ -226,7 +221,7 @@ class NST(FeatureTerm):
         super().__init__(weight, student_taps, teacher_taps)
 
     def default_taps(self, student_stages, teacher_stages):
-        return _last_pairs(self, student_stages, teacher_stages)
+        return self.last_stage_pairs(student_stages, teacher_stages)
 
     def build(self, student_feats, teacher_feats):
         _check_maps(self, student_feats, teacher_feats, (3, 4), "spatial feature maps (b, c, L) or (b, c, h, w)")
