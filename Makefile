@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdlab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint sweep dashboard reproduce bench clean
+.PHONY: help install demo test test-slow lint sweep dashboard reproduce bench reliability clean
 PORT ?= 8080
 
 help:  ## list the targets
@@ -33,6 +33,9 @@ reproduce: install  ## the MNIST-1D tables into docs/results.md, 3 seeds: paper 
 
 bench: install  ## training-step time, kdlab against a bare PyTorch loop (MNIST-1D, CIFAR-100 shapes) into docs/benchmarks.md, ~4 min
 	$(BIN)/python -m kdlab.bench $(if $(DEVICE),--device $(DEVICE))
+
+reliability: install  ## kill -9 a 30-epoch run at random epochs, resume it, check it ends as the uninterrupted run into docs/reliability.md, ~3 min
+	$(BIN)/python -m kdlab.reliability
 
 sweep: install  ## the default Optuna sweep (KD temperature and weight on MNIST-1D), a few minutes
 	$(BIN)/kdlab-sweep sweeps=kd_temperature_alpha

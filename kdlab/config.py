@@ -92,6 +92,7 @@ SWEEP: dict[str, Any] = {
 KEYS: dict[str, Any] = {
     "task": Literal["distill", "teacher"],
     "seed": Seed,
+    "resume": str,  # auto, never, or a checkpoint / run directory (kdlab.resume)
     "export_onnx": bool,
     "measure_speed": bool,
     "torch_threads": PositiveInt,

@@ -23,18 +23,23 @@ from kdlab.callbacks import ProgressBar
 from kdlab.config import instantiate
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
+from kdlab.resume import AtomicCheckpointIO, Resume, ResumeState, flat_config
+
+log = logging.getLogger("kdlab")
 
 
 @dataclass
 class RunContext:
     """One run: ``cfg`` (the composed config), ``data`` (its data module), ``output_dir`` (where its
-    files go), ``loggers`` and ``callbacks`` (extra Lightning callbacks, e.g. a sweep's pruner)."""
+    files go), ``loggers`` and ``callbacks`` (extra Lightning callbacks, e.g. a sweep's pruner),
+    ``resume`` (the checkpoints its fits continue from: ``kdlab.resume.plan``)."""
 
     cfg: DictConfig
     data: pl.LightningDataModule
     output_dir: Path
     loggers: list = field(default_factory=list)
     callbacks: list = field(default_factory=list)
+    resume: Resume = field(default_factory=Resume)
 
     def child(self, **changes) -> RunContext:
         """The same run with other data, directory, loggers or callbacks (a teacher trained on demand)."""
@@ -80,7 +85,9 @@ class RunContext:
         **trainer_overrides,
     ) -> pl.Trainer:
         """Train ``module`` on the run's data in ``output_dir/subdir`` (checkpoints there, the best by
-        ``<log_prefix>val/acc``); returns the trainer, the module back on the CPU."""
+        ``<log_prefix>val/acc``), continuing from that directory's ``last.ckpt`` when the run resumes;
+        returns the trainer, the module back on the CPU."""
+        ckpt = self.resume.checkpoint_for(self.output_dir / subdir / "checkpoints") if checkpoints else None
         trainer = build_trainer(
             self.cfg,
             self.output_dir / subdir,
@@ -89,9 +96,12 @@ class RunContext:
             checkpoints,
             monitor=f"{log_prefix}val/acc",
             callbacks=self.callbacks,
+            config=flat_config(self.cfg),
             **trainer_overrides,
         )
-        trainer.fit(module, datamodule=self.data)
+        if ckpt is not None:
+            log.info(f"{subdir or 'run'}: resuming from {ckpt}")
+        trainer.fit(module, datamodule=self.data, ckpt_path=ckpt, weights_only=True)
         module.cpu()
         return trainer
 
@@ -134,15 +144,24 @@ def quiet_third_party() -> None:
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*The number of training batches .* is smaller than the logging interval.*",
         ".*module\\(s\\) in eval mode at the start of training.*",  # the frozen teacher, on purpose
+        ".*Checkpoint directory .* exists and is not empty.*",  # resume continues there (kdlab.resume)
+        # a resumed fit that had finished: its best accuracy is the restored state, with no update since
+        ".*compute.* method of metric MaxMetric was called before the .*update.*",
     ):
         warnings.filterwarnings("ignore", pattern)
 
 
-def build_loggers(cfg: DictConfig, tags: list[str]) -> list:
-    """The Lightning loggers of ``cfg.logger`` (W&B gets the run's tags), with the resolved config logged."""
+def build_loggers(cfg: DictConfig, tags: list[str], wandb_id: str | None = None) -> list:
+    """The Lightning loggers of ``cfg.logger`` (W&B gets the run's tags, and continues run
+    ``wandb_id`` when the run resumes), with the resolved config logged."""
     loggers = []
     for lg_cfg in (cfg.logger or {}).values():
-        extra = {"tags": tags} if lg_cfg._target_.endswith("WandbLogger") and not lg_cfg.get("tags") else {}
+        extra = {}
+        if lg_cfg._target_.endswith("WandbLogger"):
+            if not lg_cfg.get("tags"):
+                extra["tags"] = tags
+            if wandb_id:
+                extra.update(id=wandb_id, resume="allow")
         loggers.append(instantiate(lg_cfg, **extra))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -157,12 +176,18 @@ def build_trainer(
     checkpoints: bool,
     monitor: str = "val/acc",
     callbacks: list | tuple = (),
+    config: dict | None = None,
     **overrides,
 ) -> pl.Trainer:
-    """``cfg.trainer`` plus kdlab's callbacks (last + best ``monitor`` checkpoints, rich progress
-    bar) and the caller's ``callbacks`` (a sweep's pruning callback)."""
+    """``cfg.trainer`` plus kdlab's callbacks (last + best ``monitor`` checkpoints, written
+    atomically and carrying ``config`` and the RNG states for resume; rich progress bar) and the
+    caller's ``callbacks`` (a sweep's pruning callback)."""
     callbacks = [instantiate(c) for c in cfg.trainer.get("callbacks") or []] + list(callbacks)
-    if checkpoints:  # the best first: it is the trainer's checkpoint_callback, which reports best_model_path
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    if checkpoints:
+        callbacks.append(ResumeState(config or {}))
+        plugins.append(AtomicCheckpointIO())
+        # the best first: it is the trainer's checkpoint_callback, which reports best_model_path
         callbacks.append(
             ModelCheckpoint(
                 dirpath=output_dir / "checkpoints",
@@ -170,6 +195,7 @@ def build_trainer(
                 monitor=monitor,
                 mode="max",
                 auto_insert_metric_name=False,
+                enable_version_counter=False,  # a resumed run re-reaching an epoch overwrites its file
             )
         )
         # last.ckpt: the state after the latest epoch, every epoch (save_last on the monitored callback
@@ -188,5 +214,6 @@ def build_trainer(
         max_epochs=max_epochs,
         enable_checkpointing=checkpoints,
         default_root_dir=str(output_dir),
+        plugins=plugins or None,
         **overrides,
     )

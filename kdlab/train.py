@@ -13,6 +13,7 @@ student, the summary. How each strategy trains lives in ``kdlab/strategies/<name
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,12 @@ from kdlab.errors import one_line_errors
 from kdlab.models.export import export_student
 from kdlab.report import RESULTS_FILE, evaluate, finite_or_null, print_summary, write_results
 from kdlab.report.results import best_checkpoint_accuracy
+from kdlab.resume import plan as plan_resume
+from kdlab.resume import unfinished_run
 from kdlab.strategies import Fitted, Strategy
 from kdlab.teacher import TeacherTraining
+
+log = logging.getLogger("kdlab")
 
 
 def plan(cfg: DictConfig) -> Strategy:
@@ -48,12 +53,18 @@ def run(
     summary: bool = True,
     experiment: str | None = None,
     pruned: tuple[type[BaseException], ...] = (),
+    runs_root: Path | None = None,
 ) -> dict:
     """The whole kdlab-train job; returns the results.json dict. Sweeps and tests call it with a
     composed ``cfg``: ``callbacks`` join the fit, ``tags`` the W&B run's, ``experiment`` is the
-    recipe given (``experiments=``), and an exception of a ``pruned`` type ends it as pruned."""
+    recipe given (``experiments=``), and an exception of a ``pruned`` type ends it as pruned.
+    ``runs_root``: where the runs of the default timestamped directories are (``outputs/<task>``):
+    with ``resume=auto``, an unfinished run of the same config there is continued in its own directory."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if runs_root is not None and (unfinished := unfinished_run(cfg, Path(runs_root), output_dir)) is not None:
+        log.warning(f"continuing the unfinished run of this config in {unfinished} (resume=never starts a new one)")
+        output_dir = unfinished
     with run_directory(output_dir):  # a second run started into the same directory refuses
         return _run(cfg, output_dir, overrides, callbacks, tags, summary, experiment, pruned)
 
@@ -63,16 +74,17 @@ def _run(cfg, output_dir: Path, overrides, callbacks, tags, summary, experiment,
     quiet_third_party()
     cfg.paths.output_dir = str(output_dir)
     validate(cfg)
+    resume = plan_resume(cfg, output_dir)  # before anything trains: a checkpoint of another config is refused
     torch.set_num_threads(cfg.torch_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     strategy = plan(cfg)
     labels = strategy.labels(cfg)
     data = instantiate(cfg.data)
     run_tags = [f"task:{cfg.task}", f"data:{data.name}", *(f"{k}:{v}" for k, v in labels.items() if v), *tags]
-    loggers = build_loggers(cfg, run_tags)
+    loggers = build_loggers(cfg, run_tags, resume.wandb_id)
     status, results = "failed", {}
     try:
-        fitted = strategy.fit(RunContext(cfg, data, output_dir, loggers, list(callbacks)))
+        fitted = strategy.fit(RunContext(cfg, data, output_dir, loggers, list(callbacks), resume))
         if fitted.trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes
             header = {"task": cfg.task, "strategy": labels["strategy"], "method": labels["method"]}
             results = report(cfg, fitted, data, {**header, "data": data.name, "seed": cfg.seed})
@@ -81,6 +93,7 @@ def _run(cfg, output_dir: Path, overrides, callbacks, tags, summary, experiment,
             results["wandb"] = wandb_info()
             results["experiment"] = experiment  # for `kdlab-compare --by experiment`
             results["published"] = OmegaConf.to_container(cfg.published, resolve=True) if cfg.get("published") else None
+            results.update(resume.results())  # resumed_from: the epoch continued from (null: a fresh start)
             results.update(strategy.results(data))
             if fitted.student is not None:  # the deployable student, alone
                 s = fitted.student
@@ -166,8 +179,18 @@ def finish_wandb(status: str) -> None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    # the default run directory (outputs/<task>/<date>/<time>) is new at every start: the same command
+    # started again continues its unfinished run from there (a directory given with hydra.run.dir is its own)
+    default_dir = hc.mode.name == "RUN" and not any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
     with one_line_errors("kdlab-train"):
-        run(cfg, hc.runtime.output_dir, list(hc.overrides.task), experiment=hc.runtime.choices.get("experiments"))
+        run(
+            cfg,
+            output_dir,
+            list(hc.overrides.task),
+            experiment=hc.runtime.choices.get("experiments"),
+            runs_root=output_dir.parent.parent if default_dir else None,
+        )
 
 
 def cli() -> None:

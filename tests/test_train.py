@@ -264,10 +264,12 @@ def test_last_checkpoint_is_the_latest_epoch_and_a_rerun_overwrites_it(train):
     from kdlab.config import compose
     from kdlab.train import run
 
-    cfg, _ = compose(["logger=none", "method=none", "trainer.max_epochs=2", "+trainer.limit_train_batches=3"])
-    run(cfg, r["_dir"], summary=False)  # the same directory again
+    over = ["logger=none", "method=none", "trainer.max_epochs=2", "+trainer.limit_train_batches=3"]
+    with pytest.raises(KdlabError, match="another config .*teacher.max_epochs: 1 -> 100"):
+        run(compose(over)[0], r["_dir"], summary=False)  # another config into the same directory: refused
+    run(compose([*over, "resume=never"])[0], r["_dir"], summary=False)  # unless told to start over
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
-    assert not list(checkpoints.glob("last-v*.ckpt"))
+    assert sorted(p.name for p in checkpoints.iterdir())[-1] == "last.ckpt" and len(list(checkpoints.iterdir())) == 2
 
 
 def test_a_second_run_into_a_directory_in_use_refuses_in_one_line(train, tmp_path):

@@ -112,6 +112,8 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_t", torch.rand(n_data, dim) * 2 * stdv - stdv)
         self.register_buffer("z", torch.full((2,), -1.0))  # (Z_student, Z_teacher); < 0: not set yet
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None  # last step's (index, v_s, v_t)
+        # a checkpoint holds the memory with the last step's move applied (a resumed run goes on from it)
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._apply_pending_update())
 
     def forward(self, v_s: Tensor, v_t: Tensor, index: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
         """v_*: (b, d) embeddings; index: (b,) their samples; sample: (b, 1 + K), positives first."""

@@ -114,6 +114,8 @@ class DistillationModule(pl.LightningModule):
         self.log_prefix = log_prefix
         self.val_acc = nn.ModuleDict({o: MulticlassAccuracy(num_classes, average="micro") for o in outputs})
         self.val_acc_best = nn.ModuleDict({o: MaxMetric() for o in outputs})
+        for metric in self.val_acc_best.values():  # in the checkpoints: a resumed run knows its best epoch so far
+            metric.persistent(True)
         self.train_means, self.val_means = RunningMeans(), RunningMeans()
 
     # what a subclass says
