@@ -125,7 +125,8 @@ def write_report(out: Path, whole: dict, whole_s: float, rows: list[dict]) -> No
         "# Reliability: kill -9 and resume",
         "",
         f"`make reliability` (`python -m kdlab.reliability`), {time.strftime('%Y-%m-%d')}, on {os.cpu_count()} CPU "
-        f"cores ({cpu}), torch {torch.__version__}, one thread, no GPU.",
+        f"cores ({cpu}), torch {torch.__version__}, one thread, no GPU. The epoch times vary with whatever else "
+        "shares the cores; what the table checks is the equality and the fraction of an epoch lost.",
         "",
         f"The run: `kdlab-train {' '.join(COMMAND)}` (offline KD, cnn1d -> mlp on MNIST-1D). Uninterrupted: "
         f"{whole_s:.1f} s wall, test accuracy {whole['student']['test_acc']}, best-epoch accuracy "
