@@ -129,8 +129,8 @@ def write_report(out: Path, whole: dict, whole_s: float, rows: list[dict]) -> No
         "shares the cores; what the table checks is the equality and the fraction of an epoch lost.",
         "",
         f"The run: `kdlab-train {' '.join(COMMAND)}` (offline KD, cnn1d -> mlp on MNIST-1D). Uninterrupted: "
-        f"{whole_s:.1f} s wall, test accuracy {whole['student']['test_acc']}, best-epoch accuracy "
-        f"{whole['student']['test_acc_best_epoch']}.",
+        f"{whole_s:.1f} s wall, test accuracy {whole['student']['test_acc']}, best validation accuracy "
+        f"{whole['student']['val_acc_best']}.",
         "",
         "Each row: the same command killed with SIGKILL at a random moment, then run again (the same command, "
         "`resume=auto`). *Lost* is the time between the last checkpoint's write and the kill, in seconds and in "
