@@ -43,7 +43,9 @@ def test_experiment_composes(name):
     cfg = compose_cfg([f"experiments={name}"])
     assert cfg.method.name and cfg.teacher.arch and cfg.student.arch
     folder, file = name.split("/")[-2:]
-    assert folder in ("mnist1d", "digits", "cifar10", "cifar100"), "experiments live under a folder per dataset"
+    assert folder in ("mnist1d", "digits", "cifar10", "cifar100", "imagenet"), (
+        "experiments live under a folder per dataset"
+    )
     strategy = get_class(cfg.strategy._target_).name
     named_after = (
         cfg.task if cfg.task == "teacher" else None,  # teacher_<arch>: trains and caches a teacher

@@ -179,6 +179,67 @@ class ConvNet(ClassifierMixin, nn.Module):
         return self.pool(self.stages(x)).flatten(1)  # (b, widths[-1])
 
 
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """MobileNet's stem: 3x3 conv -> BN -> ReLU (the reference's ``conv_bn``)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _conv_dw(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """A depthwise-separable block (the reference's ``conv_dw``): depthwise 3x3 conv -> BN -> ReLU,
+    pointwise 1x1 conv -> BN -> ReLU; indices 0-5, so ``<block>.4`` is the BN before the last ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(),
+        nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
+
+
+class MobileNetV1(ClassifierMixin, nn.Module):
+    """MobileNet (Howard et al. 2017, width 1.0) as the ImageNet distillation benchmarks define it
+    (ResNet-50 -> MobileNet in OFD, ReviewKD, CRD/DKD's tables): clovaai/overhaul-distillation
+    ``ImageNet/models/MobileNet.py``, copied by dvlab-research/ReviewKD ``ImageNet/models/mobilenet.py``
+    and megvii-research/mdistiller ``mdistiller/models/imagenet/mobilenetv1.py``. ``model`` is the
+    reference's ``nn.Sequential``: a stride-2 3x3 conv-BN-ReLU stem (``model.0``), 13 depthwise-separable
+    blocks (``model.1`` ... ``model.13``, 32 -> 1024 channels, stride 2 at blocks 2, 4, 6 and 12), then
+    global average pooling and the classifier (``fc`` there, ``head`` here: a reference checkpoint
+    loads, its ``fc.`` renamed by kdlab's loader). 4,231,976 parameters with 1000 classes; PyTorch's
+    default initialisation, as the references (which set none).
+
+    Differences, none of which changes a parameter or a 224x224 forward pass: the ReLUs are not in
+    place (a recorded pre-activation keeps its values) and the pooling is adaptive (the reference's
+    ``AvgPool2d(7)`` covers the 7x7 map of a 224 input), so smaller inputs work too.
+
+    Taps, as mdistiller's ``forward`` returns them (``feats["feats"]``, ``feats["preact_feats"]``):
+    ``feature_taps`` the outputs of blocks 3, 5, 11 and 13 (post-activation; strides 4, 8, 16, 32;
+    128, 256, 512 and 1024 channels), ``preact_taps`` the same blocks before their last ReLU, i.e.
+    their last BatchNorm ``model.<i>.4``, which is also ``get_bn_before_relu()`` (``bn_taps``).
+    """
+
+    feature_taps = ("model.3", "model.5", "model.11", "model.13")
+    preact_taps = ("model.3.4", "model.5.4", "model.11.4", "model.13.4")
+    bn_taps = preact_taps
+    #: (output channels, stride) of the 13 depthwise-separable blocks.
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5, (1024, 2), (1024, 1))
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, input_size: Sequence[int] = (224, 224)):
+        super().__init__()
+        if len(input_size) != 2:
+            raise ValueError(f"mobilenetv1 takes 2-D images, got input size {tuple(input_size)}")
+        layers, cin = [_conv_bn(in_chans, 32, 2)], 32
+        for cout, stride in self.BLOCKS:
+            layers.append(_conv_dw(cin, cout, stride))
+            cin = cout
+        self.model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
+        self.num_classes, self.num_features = num_classes, cin
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.model(x).flatten(1)  # (b, 1024)
+
+
 def _entrypoint(cls, **defaults):
     """A timm entrypoint for ``cls``: accepts timm's extra arguments, refuses hub weights."""
 
@@ -207,3 +268,4 @@ _register("cnn1d", CNN1D, "1-D ConvNet of the MNIST-1D paper (5210 params).")
 _register("cnn_tiny", ConvNet, "conv-BN-ReLU net, widths 8/16/32 (1-D or 2-D).", widths=(8, 16, 32))
 _register("cnn_small", ConvNet, "conv-BN-ReLU net, widths 16/32/64 (1-D or 2-D).", widths=(16, 32, 64))
 _register("cnn_medium", ConvNet, "conv-BN-ReLU net, widths 32/64/128 (1-D or 2-D).", widths=(32, 64, 128))
+_register("mobilenetv1", MobileNetV1, "MobileNet V1 (width 1.0) of the ImageNet KD benchmarks (OFD, ReviewKD, DKD).")
