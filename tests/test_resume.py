@@ -224,3 +224,9 @@ def test_same_command_continues_the_unfinished_run_of_the_default_directory(tmp_
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "continuing" not in again.stdout + again.stderr
     assert len(list(runs.glob("*/*/results.json"))) == 3
+
+
+def test_checkpoints_leave_the_frozen_teacher_out(uninterrupted):
+    _, whole_dir = uninterrupted
+    state = torch.load(whole_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("student.") for k in state) and not any(k.startswith("teacher.") for k in state)
