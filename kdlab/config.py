@@ -13,22 +13,25 @@ composition every command shares.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib
 import inspect
 import math
+import re
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
-from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from kdlab import CONFIG_DIR
 from kdlab.errors import KdlabError, did_you_mean
@@ -70,6 +73,9 @@ PRESET: dict[str, Any] = {
     "pretrained": bool,
     "pretrained_path": str | None,
     "optimizer": Mapping,
+    "optimizer.lr": PositiveFloat,  # torch accepts 0, which trains nothing
+    "optimizer.weight_decay": NonNegativeFloat,
+    "optimizer.momentum": NonNegativeFloat,
     "scheduler": Mapping | None,
     "published_acc": Annotated[float, Bound(0, 1)] | None,  # the accuracy a paper reports for it (a fraction)
 }
@@ -96,10 +102,11 @@ KEYS: dict[str, Any] = {
     "export_onnx": bool,
     "measure_speed": bool,
     "torch_threads": PositiveInt,
-    "trainer.max_epochs": NonNegativeInt,
+    **{f"paths.{key}": str for key in ("data_dir", "cache_dir", "sweep_dir", "output_dir")},
     "method.name": str,
     "method.terms": Mapping,
     **{f"{role}.{key}": hint for role in ("teacher", "student") for key, hint in PRESET.items()},
+    "trainer.max_epochs": NonNegativeInt,  # after the presets: it defaults to ${student.max_epochs}, named first
     "teacher.checkpoint": str | None,
     "teacher.seed": Seed,
     "teacher.batch_size": PositiveInt,
@@ -116,7 +123,10 @@ def describe(hint) -> str:
         base, *bounds = args
         return " ".join([describe(base), *(str(b) for b in bounds if isinstance(b, Bound))])
     if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else describe(a) for a in args)
+        literals = [v for a in args if get_origin(a) is Literal for v in get_args(a)]
+        rest = [a for a in args if get_origin(a) is not Literal]
+        words = ["one of " + ", ".join(dict.fromkeys(str(v) for v in literals))] if literals else []
+        return " or ".join(words + ["null" if a is type(None) else describe(a) for a in rest])
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
@@ -217,7 +227,10 @@ def checked(init: Callable) -> Callable:
 def validate(cfg: DictConfig) -> None:
     """Check a composed kdlab-train config (interpolations resolved) before anything is built."""
     try:
-        tree = OmegaConf.to_container(cfg, resolve=True)
+        tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = e.full_key or str(e).splitlines()[0]
+        raise KdlabError(f"{key} is missing; set {key}=... on the command line") from e
     except OmegaConfBaseException as e:
         raise KdlabError(f"config: {str(e).splitlines()[0]}") from e
     for key, hint in KEYS.items():
@@ -226,41 +239,125 @@ def validate(cfg: DictConfig) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and parts[-1] in node:
             check(key, node[parts[-1]], hint)
-    for where, node in targets(tree):
-        try:
-            target = get_object(node["_target_"])
-        except Exception as e:
-            raise KdlabError(f"{where}._target_={node['_target_']} cannot be imported ({type(e).__name__})") from e
-        check_arguments(target, node, where)
+    check_model_kwargs(tree)
+    for where, node in targets(tree, everything=True):
+        target = import_target(where, node["_target_"])
+        if checks_arguments(where, node):
+            check_arguments(target, node, where)
 
 
 #: Where a ``_target_`` node is kdlab's to check whatever class it names (a user's own strategy or term).
 OWNED = ("data", "strategy", "method.terms.")
+#: Nodes of other libraries' classes whose arguments are checked too: unknown names always, values
+#: where the class annotates them (Lightning's Trainer, torch's optimizers, Optuna's pruners).
+THIRD_PARTY = (
+    "trainer",
+    "teacher.optimizer",
+    "teacher.scheduler",
+    "student.optimizer",
+    "student.scheduler",
+    "sweep.sampler",
+    "sweep.pruner",
+)
+#: Model arguments kdlab sets from the data: a preset's ``kwargs`` must not give them.
+FROM_DATA = {
+    "num_classes": "the class count comes from the data",
+    "in_chans": "the input channels come from the data",
+    "input_size": "the input size comes from the data",
+}
 
 
-def targets(tree, where: str = ""):
+def checks_arguments(where: str, node: Mapping) -> bool:
+    """Whether the arguments of the ``_target_`` node at ``where`` are checked (see ``targets``)."""
+    owned = where in OWNED or where.startswith(OWNED[-1])
+    return owned or where in THIRD_PARTY or str(node["_target_"]).startswith("kdlab.")
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+
+
+def locate(path: str):
+    """The object at a dotted path (``torch.optim.Adam``): the longest importable module, then its
+    attributes. Hydra's ``get_object`` does the same but also logs an error when it fails."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            if i == 1:
+                raise
+    for part in parts[i:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def import_target(where: str, path: str):
+    """The object a ``_target_`` names, or one line with the closest names in its module."""
+    try:
+        return locate(str(path))
+    except Exception as e:
+        module, _, name = str(path).rpartition(".")
+        closest = ""
+        try:
+            names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")] if module else []
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+            closest = f" (closest: {', '.join(f'{module}.{c}' for c in close)})" if close else ""
+        except Exception:  # the module itself is not there
+            pass
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        raise KdlabError(f"{where}._target_={path} cannot be imported ({reason}){closest}; give a module.Name") from e
+
+
+def check_model_kwargs(tree: Mapping) -> None:
+    """A model preset's ``kwargs`` (teacher, student, online peers) must not set what the data sets."""
+    presets = [(role, tree.get(role)) for role in ("teacher", "student")]
+    peers = (tree.get("strategy") or {}).get("peers") if isinstance(tree.get("strategy"), dict) else None
+    if isinstance(peers, list):
+        presets += [(f"strategy.peers[{i}]", p) for i, p in enumerate(peers)]
+    for where, preset in presets:
+        kwargs = preset.get("kwargs") if isinstance(preset, dict) else None
+        for key in FROM_DATA.keys() & (kwargs.keys() if isinstance(kwargs, dict) else set()):
+            raise KdlabError(f"{where}.kwargs.{key}={kwargs[key]}: {FROM_DATA[key]}; remove it")
+
+
+def targets(tree, where: str = "", everything: bool = False):
     """(dotted key, node) of every ``_target_`` node below ``tree`` that is kdlab's: a kdlab class, or
-    anything in ``OWNED``."""
+    anything in ``OWNED`` (``everything``: every ``_target_`` node)."""
     if isinstance(tree, dict):
         owned = where in OWNED or where.startswith(OWNED[-1])
-        if "_target_" in tree and (owned or str(tree["_target_"]).startswith("kdlab.")):
+        if "_target_" in tree and (everything or owned or str(tree["_target_"]).startswith("kdlab.")):
             yield where, tree
         for k, v in tree.items():
-            yield from targets(v, f"{where}.{k}" if where else str(k))
+            yield from targets(v, f"{where}.{k}" if where else str(k), everything)
     elif isinstance(tree, list):
         for i, v in enumerate(tree):
-            yield from targets(v, f"{where}[{i}]")
+            yield from targets(v, f"{where}[{i}]", everything)
 
 
 def instantiate(node, **kwargs):
     """``hydra.utils.instantiate``, with a ``KdlabError`` raised by the object built surfacing as itself
-    (one line) instead of inside Hydra's ``InstantiationException``."""
+    (one line) instead of inside Hydra's ``InstantiationException``; another library's class that
+    refuses the values it is given (Lightning's Trainer: ``trainer.precision=13``) is one line too,
+    naming the config node and the library's own reason. kdlab's own classes raise ``KdlabError``
+    for bad values, so any other error of theirs is a bug and keeps its traceback."""
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as e:
-        if isinstance(e.__cause__, KdlabError):
-            raise e.__cause__ from None
-        raise
+        cause = e.__cause__
+        if isinstance(cause, KdlabError):
+            raise cause from None
+        target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+        if cause is None or target is None or str(target).startswith("kdlab."):
+            raise
+        where = node._get_full_key(None) if isinstance(node, DictConfig) else ""
+        name = str(target).rsplit(".", 1)[-1]
+        reason = " ".join(str(cause).split())[:400]
+        raise KdlabError(
+            f"{where or target}: cannot build {name} from this config ({type(cause).__name__}: {reason}); "
+            f"change {where or 'its'} values"
+        ) from e
 
 
 def upgrade_overrides(overrides: Sequence[str]) -> list[str]:
@@ -280,8 +377,15 @@ def upgrade_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def one_line(message: str) -> str:
-    """A Hydra error in one line: its first line, and the options it lists (``Available options in 'method':``)."""
-    lines = message.strip().splitlines()
+    """A Hydra error in one line: its first line, and the options it lists (``Available options in
+    'method':``) after the closest ones; an override that does not parse, with the parser's reason."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if "override_grammar" in message:  # Hydra's OverrideParseException
+        head = lines[0] if lines[0].startswith("Error parsing") else "cannot parse the overrides"
+        detail = "; ".join(
+            line.strip() for line in lines[1 if head == lines[0] else 0 :] if "override_grammar" not in line
+        )
+        return f"{head} ({detail}); overrides are key=value, e.g. trainer.max_epochs=10 (quote values with spaces)"
     heading = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
     if heading is None:
         return lines[0]
@@ -290,18 +394,71 @@ def one_line(message: str) -> str:
         if not line.startswith("\t"):
             break
         options.append(line.strip())
-    return f"{lines[0]}; {lines[heading]} {', '.join(options)}"
+    missing = re.search(r"Could not find '(?:[^']*/)?([^'/]+)'", lines[0])
+    closest = did_you_mean(missing.group(1), options, n=3) if missing else ""
+    return f"{lines[0]}{closest}; {lines[heading]} {', '.join(options)}"
 
 
-def compose(overrides: Sequence[str] = ()) -> tuple[DictConfig, dict[str, str | None]]:
-    """The training config of ``conf/train.yaml`` with ``overrides``, and the option Hydra chose for
-    each config group (``choices["experiments"]``: the recipe given, or None)."""
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def unknown_key(overrides: list[str], error: HydraException) -> str | None:
+    """``key: no such key (closest: ...)`` for an override of a key the config does not have."""
+    found = re.match(r"Could not override '([^']+)'", str(error))
+    if not found or not isinstance(error.__cause__, OmegaConfBaseException):
+        return None
+    key = found.group(1)
+    rest = [o for o in overrides if o.split("=", 1)[0] != key]
+    parent = key.rpartition(".")[0]
     try:
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = hydra_compose("train", overrides=upgrade_overrides(overrides), return_hydra_config=True)
+        node = OmegaConf.select(_hydra_compose(rest), parent) if parent else _hydra_compose(rest)
+    except HydraException:
+        node = None
+    names = [f"{parent}.{k}" if parent else str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+    return f"{key}: no such key{did_you_mean(key, names, n=3)}; add + to create it (+{given})"
+
+
+def compose(overrides: Sequence[str] = (), hydra: bool = False) -> tuple[DictConfig, dict[str, str | None]]:
+    """The training config of ``conf/train.yaml`` with ``overrides``, and the option Hydra chose for
+    each config group (``choices["experiments"]``: the recipe given, or None). ``hydra``: keep
+    Hydra's own node (``cfg.hydra.run.dir``, ...)."""
+    overrides = upgrade_overrides(overrides)
+    try:
+        cfg = _hydra_compose(overrides)
     except HydraException as e:
-        raise KdlabError(one_line(str(e))) from e
+        raise KdlabError(unknown_key(overrides, e) or one_line(str(e))) from e
     choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg, choices
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """What Hydra would stop on, or print pages about, before kdlab-train gets its config, refused in
+    one line instead: overrides that do not parse, config options and keys that do not exist (with
+    the closest names), values that do not validate, and a ``hydra.run.dir`` that is a file. A
+    command with Hydra's own flags (``-m``, ``--cfg``, ``--help``, ...) is left to Hydra. Call it
+    before ``hydra.main``; nothing is written."""
+    if any(arg.startswith("-") for arg in argv):
+        return
+    cfg, _ = compose(argv, hydra=True)
+    try:
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    except OmegaConfBaseException:  # a resolver Hydra's job sets up: let Hydra resolve it
+        return
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "an existing file" if path == run_dir else f"below the file {path}"
+                raise KdlabError(
+                    f"hydra.run.dir={run_dir} is {what}; give a directory (a new one, or a run's to resume it)"
+                )
+            break
     with open_dict(cfg):
         del cfg["hydra"]
-    return cfg, choices
+    cfg.paths.output_dir = str(run_dir)
+    validate(cfg)

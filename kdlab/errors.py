@@ -14,7 +14,7 @@ class KdlabError(Exception):
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
     """' (closest: a, b, c)' for the valid names nearest to ``name``, or '' when none is near."""
-    choices = list(choices)
+    choices = list(dict.fromkeys(choices))  # once each (kdlab's zoo is also registered in timm)
     close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
     if not close:  # substring matches help for long, prefixed names (timm's)
         close = [c for c in choices if name.lower() in c.lower()][:n]

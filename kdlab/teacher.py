@@ -29,7 +29,7 @@ from torch import nn
 from kdlab.config import instantiate
 from kdlab.errors import KdlabError
 from kdlab.methods import CrossEntropy
-from kdlab.models.checkpoint import load_weights, save_weights
+from kdlab.models.checkpoint import files_in, load_weights, non_finite, save_weights
 from kdlab.models.ensemble import TeacherEnsemble
 from kdlab.strategies.base import Fitted, Strategy, Trained
 from kdlab.strategies.offline import OfflineDistillation, train_offline
@@ -136,6 +136,8 @@ def single_teacher(run: RunContext, t: DictConfig) -> nn.Module:
     shape, classes = data.input_shape, data.num_classes
     if t.checkpoint:
         path = Path(t.checkpoint)
+        if path.is_dir():
+            raise KdlabError(f"teacher checkpoint {path} is a directory; give the checkpoint file{files_in(path)}")
         if not path.is_file():
             raise KdlabError(
                 f"teacher checkpoint {path} not found; make one with `kdlab-train task=teacher teacher.arch={t.arch} "
@@ -153,8 +155,8 @@ def single_teacher(run: RunContext, t: DictConfig) -> nn.Module:
                 model = load_weights(entry / WEIGHTS_FILE, t.arch, classes, shape, t.kwargs, role="teacher")
                 log.info(f"teacher: reusing cached {key} ({entry})")
                 return model
-            except KdlabError as e:
-                log.warning(f"teacher: cached {key} unreadable ({e}); training it again")
+            except KdlabError as e:  # unreadable, or non-finite weights: never reused, replaced
+                log.warning(f"teacher: the cached {key} cannot be used ({e}); training it again")
         log.info(f"teacher: no cached {key}; training {t.arch} for {t.max_epochs} epochs (later runs reuse it)")
         start = time.perf_counter()
         # alone, in the cache, on one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
@@ -172,6 +174,12 @@ def cache_teacher(run: RunContext, t: DictConfig, model: nn.Module, metrics: dic
     key = teacher_key(recipe, data.name)
     entry = cache_entry(cfg.paths.cache_dir, key)
     kwargs = OmegaConf.to_container(t.kwargs)
+    bad = non_finite(model)
+    if bad is not None:  # a poisoned entry would be reused by every later run: write nothing
+        raise KdlabError(
+            f"the teacher {t.arch} trained by kdlab has non-finite weights ({bad}): its training diverged and "
+            f"nothing was cached; lower teacher.optimizer.lr (now {t.optimizer.get('lr')}) and run again"
+        )
     for path in [p for p in (also_to,) if p is not None]:
         save_weights(model, path, t.arch, data.num_classes, data.input_shape, kwargs, key=key)
     with cache_lock(entry):  # re-entrant: single_teacher may already hold it

@@ -25,11 +25,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab import CONFIG_DIR
-from kdlab.config import instantiate, upgrade_overrides, validate
+from kdlab.config import check_command_line, instantiate, upgrade_overrides, validate
 from kdlab.context import RunContext, build_loggers, quiet_third_party, run_directory
 from kdlab.errors import one_line_errors
 from kdlab.models.export import export_student
-from kdlab.report import RESULTS_FILE, evaluate, finite_or_null, print_summary, write_results
+from kdlab.report import RESULTS_FILE, divergence_warning, evaluate, finite_or_null, print_summary, write_results
 from kdlab.report.results import best_checkpoint_accuracy
 from kdlab.resume import plan as plan_resume
 from kdlab.resume import unfinished_run
@@ -108,6 +108,8 @@ def _run(cfg, output_dir: Path, overrides, callbacks, tags, summary, experiment,
                     onnx=cfg.export_onnx,
                 )
             results = finite_or_null(results)  # no validation set: no best validation accuracy (null)
+            warning = divergence_warning(results, data.num_classes)  # finite loss, chance accuracy: said, not silent
+            results["warnings"] = [warning] if warning else []
             log_final_metrics(loggers, results)
             write_results(results, output_dir)
         status = "finished"
@@ -195,6 +197,8 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     sys.argv[1:] = upgrade_overrides(sys.argv[1:])
+    with one_line_errors("kdlab-train"):
+        check_command_line(sys.argv[1:])  # Hydra's own failures in one line, before Hydra writes anything
     main()
 
 

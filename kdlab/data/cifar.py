@@ -47,18 +47,27 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def read_cifar_batches(files: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
-    """(uint8 images (n, 3, 32, 32), int64 labels (n,)) from CIFAR python batch files."""
+def read_cifar_batches(files: list[Path], label_key: str, classes: int | None = None) -> tuple[Tensor, Tensor]:
+    """(uint8 images (n, 3, 32, 32), int64 labels (n,)) from CIFAR python batch files; a file whose
+    labels are not one per image, or not in 0..``classes - 1``, is refused in one line."""
     xs, ys = [], []
     for f in files:
+        fix = "delete it and run with data.download=true"
         try:
             with open(f, "rb") as fh:
                 entry = _ArraysOnly(fh, encoding="latin1").load()
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.extend(entry[label_key])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise KdlabError(f"cannot read CIFAR file {f} ({e}); delete it and run with data.download=true") from e
-    return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(ys, dtype=torch.long)
+            x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry[label_key])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, IndexError) as e:
+            raise KdlabError(f"cannot read CIFAR file {f} ({type(e).__name__}: {e}); {fix}") from e
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise KdlabError(f"CIFAR file {f} has {len(x)} images but labels of shape {y.shape} ({y.dtype}); {fix}")
+        if classes is not None and ((y < 0) | (y >= classes)).any():
+            bad = ", ".join(str(v) for v in np.unique(y[(y < 0) | (y >= classes)])[:3])
+            raise KdlabError(f"CIFAR file {f} has labels outside 0..{classes - 1} ({bad}); {fix}")
+        xs.append(x)
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys), dtype=torch.long)
 
 
 def random_crop_flip(x: Tensor, pad: int = 4) -> Tensor:
@@ -119,8 +128,8 @@ class CIFAR(KDDataModule):
                 f"CIFAR-{self.classes} not found under {base} (missing {', '.join(missing)}); "
                 f"run once with data.download=true (needs internet) or point data.root at the folder holding {folder}/"
             )
-        x, y = read_cifar_batches([base / f for f in train_files], label_key)
-        x_test, y_test = read_cifar_batches([base / f for f in test_files], label_key)
+        x, y = read_cifar_batches([base / f for f in train_files], label_key, self.classes)
+        x_test, y_test = read_cifar_batches([base / f for f in test_files], label_key, self.classes)
         tr, va = split_indices(len(y), self.val_fraction, self.split_seed)
         return TensorBatches(x[tr], y[tr]), TensorBatches(x[va], y[va]), TensorBatches(x_test, y_test)
 

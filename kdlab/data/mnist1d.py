@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -12,6 +12,11 @@ import torch
 
 from kdlab.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, TensorBatches, split_indices
+from kdlab.errors import KdlabError
+from kdlab.files import publish
+
+log = logging.getLogger(__name__)
+LENGTH, CLASSES = 40, 10  # the generator's default template length, and the ten digits
 
 
 def generate_mnist1d(num_samples: int, seed: int, shuffle_seq: bool) -> dict[str, np.ndarray]:
@@ -30,21 +35,57 @@ def generate_mnist1d(num_samples: int, seed: int, shuffle_seq: bool) -> dict[str
     return {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
 
 
+def check_arrays(arrays: dict[str, np.ndarray], path: Path, length: int = LENGTH, classes: int = CLASSES) -> None:
+    """A cached MNIST-1D file must hold what the generator writes: x / x_test of shape (n, ``length``),
+    finite, and y / y_test of n labels in 0..``classes - 1``; else one line that names the fault."""
+    fault = None
+    for split in ("", "_test"):
+        x, y = arrays.get(f"x{split}"), arrays.get(f"y{split}")
+        if x is None or y is None:
+            fault = f"no {'x' if x is None else 'y'}{split}"
+        elif x.ndim != 2 or x.shape[1] != length or not np.issubdtype(x.dtype, np.number):
+            fault = f"x{split} has shape {x.shape}, not (n, {length})"
+        elif y.ndim != 1 or len(y) != len(x):
+            fault = f"x{split} has {len(x)} rows, y{split} {y.shape[0] if y.ndim else 0}"
+        elif len(y) == 0:
+            fault = f"x{split} is empty"
+        elif not np.issubdtype(y.dtype, np.integer):
+            fault = f"y{split} holds {y.dtype} values, not integer labels"
+        elif (y < 0).any() or (y >= classes).any():
+            bad = np.unique(y[(y < 0) | (y >= classes)])[:3]
+            fault = f"y{split} has labels outside 0..{classes - 1}: {', '.join(str(v) for v in bad)}"
+        elif not np.isfinite(x).all():
+            fault = f"x{split} holds NaN or infinite values"
+        if fault:
+            raise KdlabError(f"MNIST-1D file {path} is inconsistent ({fault}); delete it and kdlab generates it again")
+
+
 def load_mnist1d(root: str | Path, num_samples: PositiveInt = 5000, seed: int = 42, shuffle_seq: bool = False):
-    """Arrays of MNIST-1D, generated once and cached under ``root/mnist1d/``."""
+    """Arrays of MNIST-1D, generated once and cached under ``root/mnist1d/``. A cached file that
+    cannot be read (cut short) is generated again, with a warning; one that reads but holds other
+    arrays than the generator's is refused (``check_arrays``) and left as it is."""
     folder = Path(root) / "mnist1d"
     path = folder / f"mnist1d_n{num_samples}_seed{seed}{'_shuffled' if shuffle_seq else ''}.npz"
-    if path.exists():
+    if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        except Exception:  # a truncated cache file is regenerated, not trusted
-            path.unlink(missing_ok=True)
+                arrays = {k: f[k] for k in f.files}
+        except Exception as e:  # a truncated cache file is regenerated, not trusted
+            log.warning(f"MNIST-1D file {path} is unreadable ({type(e).__name__}: {e}); generating it again")
+        else:
+            check_arrays(arrays, path)
+            return arrays
     arrays = generate_mnist1d(num_samples, seed, shuffle_seq)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)  # atomic: concurrent runs never read a half-written file
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, **arrays)
+        publish(tmp.name, path)  # atomic (concurrent runs never read a half-written file), mode as any output
+    except OSError as e:
+        raise KdlabError(
+            f"cannot write MNIST-1D under {folder} ({type(e).__name__}: {e.strerror or e}); "
+            "set data.root (or KDLAB_DATA_DIR) to a writable folder"
+        ) from e
     return arrays
 
 
@@ -78,7 +119,7 @@ class MNIST1D(KDDataModule):
         self.noise_std, self.max_shift = noise_std, max_shift
         self.root, self.num_samples = root, num_samples
         self.generation_seed, self.shuffle_seq = generation_seed, shuffle_seq
-        self.num_classes, self.input_shape = 10, (1, 40)
+        self.num_classes, self.input_shape = CLASSES, (1, LENGTH)
 
     def preprocess(self, batch, train: bool):
         """Training batches only: a random shift of up to ``max_shift`` steps (edge-padded) and

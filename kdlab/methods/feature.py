@@ -73,7 +73,10 @@ class FitNet(FeatureTerm):
             if not stages:
                 return []
             if not -len(stages) <= self.hint_stage < len(stages):
-                raise KdlabError(f"FitNet hint_stage={self.hint_stage}, but a model has only stages {stages}")
+                raise KdlabError(
+                    f"FitNet hint_stage={self.hint_stage}, but a model has only stages {stages}; "
+                    f"set method.terms.fitnet.hint_stage to 0..{len(stages) - 1}"
+                )
             return [stages[self.hint_stage]]
 
         return pick(student_stages), pick(teacher_stages)

@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
 from kdlab.errors import KdlabError
+from kdlab.files import publish
 from kdlab.models.factory import check_model, create_model
 from kdlab.models.zoo import ZOO
 
@@ -82,10 +84,16 @@ def save_weights(
     os.close(fd)
     try:
         save_safetensors_model(model, tmp, metadata=meta)
-        os.replace(tmp, path)
+        publish(tmp, path)  # the mode of any other output, not mkstemp's 0600
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def files_in(folder: Path, limit: int = 3) -> str:
+    """' (e.g. a.safetensors, b.ckpt)': weights files found in ``folder``, for an error message."""
+    found = sorted(p.name for p in folder.glob("**/*") if p.suffix in (".safetensors", ".ckpt", ".pth", ".pt"))
+    return f" (in it: {', '.join(found[:limit])}{', ...' if len(found) > limit else ''})" if found else ""
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -141,14 +149,50 @@ def _number(value) -> float | int | None:
     return None
 
 
+#: How a ``torch.save`` file starts: a zip archive (PyTorch >= 1.6) or a pickle (protocol 2+).
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_readable(path: Path) -> None:
+    """A file that cannot hold weights at all (empty; text or another format where a ``torch.save``
+    file is expected) is refused before any reader sees it, in one line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise KdlabError(f"cannot read {path} ({type(e).__name__}: {_one_line(e)})") from e
+    if not head:
+        raise KdlabError(f"cannot read {path}: truncated or corrupt (the file is empty, 0 bytes); copy it again")
+    if path.suffix != ".safetensors" and not head.startswith(TORCH_MAGIC):
+        text = head.decode("utf-8", errors="replace")
+        shown = f" (it starts with {text[:24]!r})" if text.isprintable() or text.strip().isprintable() else ""
+        raise KdlabError(
+            f"cannot read {path}: not a PyTorch checkpoint{shown}; give a file written by torch.save "
+            "(.pth, .pt, .ckpt) or a .safetensors file"
+        )
+
+
+def non_finite(model: nn.Module) -> str | None:
+    """'<n> NaN in <name>' for the first parameter or buffer of ``model`` holding NaN or infinite
+    values ('<n> infinite in ...' when there is no NaN), or None when every value is finite."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            nan = int(torch.isnan(t).sum())
+            return f"{nan} NaN in {name}" if nan else f"{int(torch.isinf(t).sum())} infinite in {name}"
+    return None
+
+
 def read_torch_checkpoint(path: str | Path) -> TorchCheckpoint:
     """The state_dict of a ``torch.save`` file, read with ``weights_only=True``: a bare state_dict,
     or a dict holding one under ``model`` (RepDistiller / mdistiller) or ``state_dict``
     (Lightning). Prefixes of wrappers are stripped (``module.`` of DataParallel, ``model.``),
     and of a kdlab Lightning checkpoint or an mdistiller distiller only the student is kept."""
     path = Path(path)
+    check_readable(path)
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            # a pickle of another protocol than torch.save's: refused below if it holds more than weights
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():
@@ -315,9 +359,12 @@ def load_weights(
     a Lightning checkpoint, a bare state_dict, or a RepDistiller / mdistiller ``.pth``.
     Nothing is written, whatever happens."""
     path = Path(path)
+    if path.is_dir():
+        raise KdlabError(f"{role} checkpoint {path} is a directory; give the checkpoint file{files_in(path)}")
     if not path.is_file():
         raise KdlabError(f"{role} checkpoint {path} not found")
     kwargs = dict(kwargs or {})
+    check_readable(path)
     if path.suffix == ".safetensors":
         meta = read_metadata(path)
         if meta.get("arch") and meta["arch"] != arch:
@@ -345,7 +392,14 @@ def load_weights(
     except (RuntimeError, SafetensorError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise KdlabError(f"{role} checkpoint {path} does not fit {arch} ({first})") from e
-    check_model(model, arch, num_classes, input_shape)
+    out = check_model(model, arch, num_classes, input_shape)
+    bad = non_finite(model)
+    if bad is not None or (out is not None and not torch.isfinite(out).all()):
+        what = f"has non-finite weights ({bad})" if bad else "gives non-finite outputs (its weights overflow)"
+        raise KdlabError(
+            f"{role} checkpoint {path} {what}: its training diverged or the file is damaged; "
+            "give another checkpoint, or retrain it with a lower learning rate"
+        )
     if ckpt is not None:
         saved = ", ".join(f"{k} {v}" for k, v in ckpt.info.items())
         log.info(

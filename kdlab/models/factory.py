@@ -64,8 +64,9 @@ def create_model(
 
 
 @torch.no_grad()
-def check_model(model: nn.Module, arch: str, num_classes: int, input_shape: Sequence[int]) -> None:
-    """Run one small batch through ``model``: it must accept the data's inputs and predict ``num_classes``."""
+def check_model(model: nn.Module, arch: str, num_classes: int, input_shape: Sequence[int]) -> torch.Tensor:
+    """Run one small batch through ``model``: it must accept the data's inputs and predict ``num_classes``.
+    Returns its outputs (callers check more, e.g. that a loaded teacher's are finite)."""
     was_training = model.training
     model.eval()
     try:
@@ -83,6 +84,7 @@ def check_model(model: nn.Module, arch: str, num_classes: int, input_shape: Sequ
             f"{arch} predicts {tuple(out.shape[1:])} outputs but the data has {num_classes} classes; "
             "use a checkpoint trained on this data or drop its classifier"
         )
+    return out
 
 
 def count_params(model: nn.Module | None) -> int | None:

@@ -4,6 +4,7 @@ from kdlab.report.metrics import accuracy, agreement, expected_calibration_error
 from kdlab.report.results import (
     REQUIRED_KEYS,
     RESULTS_FILE,
+    divergence_warning,
     evaluate,
     finite_or_null,
     read_results,
@@ -20,6 +21,7 @@ __all__ = [
     "predict",
     "REQUIRED_KEYS",
     "RESULTS_FILE",
+    "divergence_warning",
     "evaluate",
     "finite_or_null",
     "read_results",

@@ -26,10 +26,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kdlab.errors import KdlabError, one_line_errors
+from kdlab.errors import KdlabError, did_you_mean, one_line_errors
 from kdlab.report.results import RESULTS_FILE
 
 DEFAULT_BY = "data,strategy,method,student.arch"
+DEFAULT_METRIC = "student.test_acc"
 COLUMNS = (
     "student.test_acc",
     "student.test_acc_best_epoch",  # the best test epoch (data.val_fraction=0), the DKD / mdistiller numbers' protocol
@@ -72,30 +73,86 @@ def get(record: dict, dotted: str):
     return value
 
 
+#: The numbers of a model's section that the table, the CSV and the plots read.
+MODEL_NUMBERS = ("params", "test_acc", "test_acc_best_epoch", "test_acc_best_val", "val_acc_best", "ece", "size_mb")
+SECTIONS = ("fidelity", "calibration", "efficiency", "published")
+
+
+def _kind(value) -> str:
+    return {list: "a list", dict: "a mapping", str: "a str", bool: "a bool"}.get(type(value), type(value).__name__)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def problem(record) -> str | None:
+    """Why a results.json cannot be compared (a field of an unexpected type), or None."""
+    if not isinstance(record, dict):
+        return f"holds {_kind(record)}, not a mapping"
+    if not (record.get("student") or record.get("teacher")):
+        return "no student or teacher section"
+    for role in ("student", "teacher"):
+        section = record.get(role)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            return f"{role} is {_kind(section)}, not a mapping"
+        for key in MODEL_NUMBERS:
+            if section.get(key) is not None and not _is_number(section[key]):
+                return f"{role}.{key} is {_kind(section[key])}, not a number"
+        classes = section.get("per_class_acc")
+        if classes is not None and (
+            not isinstance(classes, list) or not all(c is None or _is_number(c) for c in classes)
+        ):
+            return f"{role}.per_class_acc is not a list of numbers"
+    s, t = record.get("student"), record.get("teacher")
+    if s and t and s.get("per_class_acc") and t.get("per_class_acc"):
+        if len(s["per_class_acc"]) != len(t["per_class_acc"]):
+            n, m = len(s["per_class_acc"]), len(t["per_class_acc"])
+            return f"student.per_class_acc has {n} classes, teacher.per_class_acc {m}"
+    for name in SECTIONS:
+        section = record.get(name)
+        if section is not None and not isinstance(section, dict):
+            return f"{name} is {_kind(section)}, not a mapping"
+    return None
+
+
 def find_results(paths: Iterable[str | Path]) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """Every readable results.json below ``paths`` (each tagged with ``_path``), and the skipped ones with why."""
+    """Every readable results.json below ``paths`` (each tagged with ``_path``), and the skipped ones
+    with why (not JSON, or a field of an unexpected type: ``problem``)."""
     found, skipped = [], []
     for root in map(Path, paths):
         if not root.exists():
-            raise KdlabError(f"{root} does not exist")
+            raise KdlabError(f"{root} does not exist; give a folder of runs (or a results.json)")
         files = [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
         for f in files:
             try:
                 record = json.loads(f.read_text())
-                if not isinstance(record, dict) or not (record.get("student") or record.get("teacher")):
-                    raise ValueError("no student or teacher section")
-            except (OSError, ValueError) as e:
-                skipped.append((f, f"{type(e).__name__}: {e}"))
+            except json.JSONDecodeError as e:
+                skipped.append((f, f"not JSON ({e})"))
+                continue
+            except (OSError, UnicodeDecodeError) as e:
+                skipped.append((f, f"unreadable ({type(e).__name__}: {e})"))
+                continue
+            why = problem(record)
+            if why is not None:
+                skipped.append((f, why))
                 continue
             record["_path"] = str(f)
             found.append(record)
     return found, skipped
 
 
+def _hashable(value):
+    """A group key part: lists and mappings (``--by student``) as their JSON text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
 def group(records: list[dict], by: list[str]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault(tuple(get(r, k) for k in by), []).append(r)
+        groups.setdefault(tuple(_hashable(get(r, k)) for k in by), []).append(r)
     return groups
 
 
@@ -153,9 +210,9 @@ def markdown(rows: list[dict], by: list[str], columns: list[str]) -> str:
 
 
 def has_per_class(records: list[dict]) -> bool:
-    return all(
-        (r.get("student") or {}).get("per_class_acc") and (r.get("teacher") or {}).get("per_class_acc") for r in records
-    )
+    """Whether every run of a group has per-class accuracies of student and teacher, all of one length."""
+    lists = [(r.get(role) or {}).get("per_class_acc") for r in records for role in ("student", "teacher")]
+    return all(lists) and len({len(c) for c in lists}) == 1
 
 
 def plot(groups: dict[tuple, list[dict]], rows: list[dict], by: list[str], metric: str, out: Path) -> list[Path]:
@@ -184,10 +241,10 @@ def plot(groups: dict[tuple, list[dict]], rows: list[dict], by: list[str], metri
                 best = y
         ax.step(*zip(*front), where="post", color="tab:green", label="Pareto front")
         teachers = {
-            (r["teacher"]["arch"], r["teacher"]["params"]): r["teacher"]["test_acc"]
+            (r["teacher"].get("arch"), r["teacher"]["params"]): r["teacher"]["test_acc"]
             for rs in groups.values()
             for r in rs
-            if r.get("teacher")
+            if r.get("teacher") and r["teacher"].get("params") and r["teacher"].get("test_acc") is not None
         }
         for (arch, params), acc in teachers.items():
             ax.scatter(params, acc, marker="*", s=160, color="tab:red", zorder=3, label=f"teacher {arch}")
@@ -286,11 +343,51 @@ def from_wandb(path: str) -> list[dict]:
     return [r for r in records if r["student"] or r["teacher"]]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are kdlab's one line (exit code 1), not usage + error."""
+
+    def error(self, message: str):
+        raise KdlabError(f"{message}; see kdlab-compare --help")
+
+
+def numeric_fields(records: list[dict]) -> list[str]:
+    """The dotted paths of every number in the records (what --metric can name)."""
+    out: dict[str, None] = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif _is_number(v) and not str(k).startswith("_"):
+                out[f"{prefix}{k}"] = None
+
+    for r in records:
+        walk(r, "")
+    return list(out)
+
+
+def output_folder(args) -> Path:
+    """--out (default: the first path if it is a folder, else here), created; refused in one line
+    when it is a file or cannot be made."""
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.paths[0]) if args.paths and Path(args.paths[0]).is_dir() else Path("."))
+    )
+    if out.exists() and not out.is_dir():
+        raise KdlabError(f"--out {out} is an existing file; give a folder (comparison.csv and the plots go there)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KdlabError(f"cannot make --out {out} ({type(e).__name__}: {e.strerror or e}); give another folder") from e
+    return out
+
+
 def compare(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="kdlab-compare", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="kdlab-compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="folders (or results.json files) to search")
     parser.add_argument("--by", default=DEFAULT_BY, help=f"comma-separated keys to group by (default {DEFAULT_BY})")
-    parser.add_argument("--metric", default="student.test_acc", help="the column to rank and plot")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help="the column to rank and plot")
     parser.add_argument("--format", choices=("table", "markdown"), default="table")
     parser.add_argument("--out", help="where comparison.csv and the plots go (default: the first path)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of (or besides) paths")
@@ -304,17 +401,25 @@ def compare(argv: list[str] | None = None) -> list[dict]:
     if args.wandb:
         records += from_wandb(args.wandb)
     if not records:
-        raise KdlabError(f"no results.json found under {', '.join(args.paths) or args.wandb}")
+        where = ", ".join(args.paths) or args.wandb
+        if skipped:
+            first = f"{skipped[0][0]}: {skipped[0][1]}"
+            raise KdlabError(
+                f"no readable results.json under {where} ({len(skipped)} skipped: {first}); "
+                "fix or remove the files named, or give other folders"
+            )
+        raise KdlabError(f"no results.json found under {where}")
+    fields = numeric_fields(records)
+    if args.metric != DEFAULT_METRIC and args.metric not in fields:  # a name given by hand that nothing has
+        raise KdlabError(
+            f"--metric {args.metric} is in no results.json{did_you_mean(args.metric, fields, n=3)}; "
+            "name a number of results.json by its dotted path"
+        )
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     columns = [args.metric, *[c for c in COLUMNS if c != args.metric]]
     groups = group(records, by)
     rows = sorted(summarize(groups, by, columns), key=lambda r: -(r[f"{args.metric}_mean"] or -math.inf))
-    out = (
-        Path(args.out)
-        if args.out
-        else (Path(args.paths[0]) if args.paths and Path(args.paths[0]).is_dir() else Path("."))
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args)
     csv_path = write_csv(rows, out / "comparison.csv")
     pngs = plot(groups, rows, by, args.metric, out)
     filled = [c for c in columns if any(row[f"{c}_mean"] is not None for row in rows)]  # no all-empty columns

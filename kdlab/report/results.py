@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kdlab.files import publish
 from kdlab.models import count_params
 from kdlab.report.metrics import (
     accuracy,
@@ -164,15 +165,51 @@ def finite_or_null(value):
     return value
 
 
+#: How far above chance (1 / classes, relative) a test accuracy still counts as chance level.
+CHANCE_MARGIN = 0.2
+#: A class the model gets right on more than this share of its test inputs is one it predicts.
+PREDICTED = 0.05
+
+
+def divergence_warning(results: dict, num_classes: int) -> str | None:
+    """A warning when the trained model of a finished run (the student; the teacher for
+    ``task=teacher``) is at chance level: its test accuracy within ``CHANCE_MARGIN`` of
+    ``1 / num_classes``, or it predicts a single class for (almost) every input, which scores the
+    share of that class however unbalanced the test set is (at most the majority-class rate).
+    The loss stayed finite (a non-finite loss stops the run), so this is the divergence that would
+    otherwise pass silently, e.g. ``student.optimizer.lr=1e6``. None for a run that learned."""
+    role = "student" if results.get("student") else "teacher"
+    trained = results.get(role) or {}
+    acc = trained.get("test_acc")
+    if acc is None or num_classes < 2:
+        return None
+    chance = 1.0 / num_classes
+    per_class = [a for a in trained.get("per_class_acc") or [] if a is not None]
+    predicted = sum(a > PREDICTED for a in per_class)
+    collapsed = len(per_class) == num_classes and predicted <= 1
+    if acc > chance * (1 + CHANCE_MARGIN) and not collapsed:
+        return None
+    how = "predicts one class for almost every input" if collapsed else "is no better than guessing"
+    return (
+        f"the {role} {how}: test accuracy {100 * acc:.1f}% with {num_classes} classes (chance "
+        f"{100 * chance:.1f}%), though its loss stayed finite; the training diverged: lower "
+        f"{role}.optimizer.lr or the loss weights, and check the data"
+    )
+
+
 def write_results(results: dict, output_dir: str | Path) -> Path:
-    """Write results.json atomically into the run directory (strict JSON: no NaN or Infinity)."""
+    """Write results.json atomically into the run directory (strict JSON: no NaN or Infinity),
+    with the mode of any other output (not the 0600 of a temporary file)."""
     path = Path(output_dir) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(finite_or_null(results), f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(finite_or_null(results), f, indent=2, allow_nan=False)
+            f.write("\n")
+        publish(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 

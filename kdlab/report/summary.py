@@ -73,6 +73,8 @@ def print_summary(results: dict, results_path, console: Console | None = None) -
             f"student exported: {export['safetensors']} ({export['size_mb']:.3g} MB)"
             + (f", {export['onnx']}" if export.get("onnx") else "")
         )
+    for warning in results.get("warnings") or []:  # e.g. a run that diverged (kdlab.report.divergence_warning)
+        console.print(f"warning: {warning}", style="bold yellow")
     console.print(f"wall {results['wall_s']:.1f} s; results: {results_path}")
     wandb = results.get("wandb")
     if wandb:
