@@ -102,6 +102,9 @@ KEYS: dict[str, Any] = {
     "export_onnx": bool,
     "measure_speed": bool,
     "torch_threads": PositiveInt,
+    "teacher_cache": Mapping,
+    "teacher_cache.mode": Literal["auto", "off"],  # kdlab.teacher_outputs
+    "teacher_cache.dtype": Literal["fp16", "fp32"],
     **{f"paths.{key}": str for key in ("data_dir", "cache_dir", "sweep_dir", "output_dir")},
     "method.name": str,
     "method.terms": Mapping,

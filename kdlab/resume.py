@@ -50,6 +50,7 @@ FREE = (
     "torch_threads",
     "measure_speed",
     "export_onnx",
+    "teacher_cache",  # the teacher's logits stored or computed: the same numbers (fp16: within its rounding)
     "published",
     "sweep",
     "trainer.enable_progress_bar",

@@ -78,9 +78,9 @@ def test_cifar_reads_the_real_on_disk_format(tmp_path, classes):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (90, 30, 40)
     x, y, idx = next(iter(dm.train_dataloader()))
     assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32)
-    xt, _, idx_t = dm.preprocess((x, y, idx), train=True)
+    xt, _, idx_t, views = dm.preprocess((x, y, idx), train=True)  # + the view each image was drawn in
     xe, _, _ = dm.preprocess((x, y, idx), train=False)
-    assert torch.equal(idx_t, idx)
+    assert torch.equal(idx_t, idx) and views.shape == (16,) and 0 <= views.min() <= views.max() < 162
     assert xt.shape == xe.shape == (16, 3, 32, 32) and xe.dtype == torch.float32
     assert not torch.equal(xt, xe)  # augmented
 

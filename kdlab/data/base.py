@@ -3,6 +3,8 @@ carved from the training set, and loaders that serve in-memory tensors a batch a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
@@ -68,6 +70,22 @@ def keep_batch(batch):
     return batch
 
 
+@dataclass(frozen=True)
+class TrainViews:
+    """What a training sample can become on its way to the model (``KDDataModule.train_views``).
+
+    ``count``: how many distinct inputs one stored sample can be: 1 when training batches are the
+    stored samples (up to a deterministic transform such as normalisation); V > 1 when the
+    augmentation draws one of V enumerable views and each training batch says which, as its fourth
+    element ``(x, y, index, view)`` with ``view`` in 0..V-1; None when it cannot be enumerated
+    (Gaussian noise, random resized crops), ``reason`` saying why. ``scheme`` names the enumeration
+    (part of the teacher-output cache's key, ``kdlab.teacher_outputs``)."""
+
+    count: int | None
+    scheme: str = "stored"
+    reason: str = ""
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """A seeded random (train, val) partition of ``range(n)``; with no validation split, the
     training set in its own order."""
@@ -86,7 +104,9 @@ class KDDataModule(pl.LightningDataModule):
     Subclasses set ``name``, ``num_classes`` and ``input_shape`` (without the batch dimension)
     in ``__init__`` so that models can be built before any data is loaded, and implement
     ``build()`` returning the (train, val, test) datasets. Batches are ``(x, y, index)``;
-    ``preprocess`` runs on the device after transfer (normalisation, batch augmentation).
+    ``preprocess`` runs on the device after transfer (normalisation, batch augmentation), and a
+    training batch whose augmentation draws enumerable views is ``(x, y, index, view)``
+    (``train_views``).
     """
 
     name: str = "?"
@@ -134,6 +154,26 @@ class KDDataModule(pl.LightningDataModule):
     def preprocess(self, batch, train: bool):
         """Device-side transform of a batch ``(x, y, index)``; identity unless a subclass needs one."""
         return batch
+
+    def train_views(self) -> TrainViews:
+        """How the training augmentation's views are enumerated (``TrainViews``). Here: one view when
+        the training samples are in-memory tensors served as they are (no ``preprocess`` of a
+        subclass); a subclass that augments says what it draws by overriding this."""
+        self.setup()
+        if not isinstance(self.train_set, TensorBatches):
+            return TrainViews(None, reason=f"{self.name}'s training samples are read and transformed by a DataLoader")
+        if type(self).preprocess is not KDDataModule.preprocess:
+            return TrainViews(None, reason=f"{type(self).__name__} transforms training batches without saying how")
+        return TrainViews(1)
+
+    def view_inputs(self, x: Tensor, views: Tensor | None) -> Tensor:
+        """The model's training inputs for stored samples ``x`` of the training split (as its loader
+        serves them, on the device) seen in ``views`` (``TrainViews``; None for one view): what
+        ``preprocess`` makes of them when it draws those views."""
+        if views is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not enumerate training views")
+        index = torch.arange(len(x), device=x.device)
+        return self.preprocess((x, torch.zeros_like(index), index), train=True)[0]
 
     def train_targets(self) -> Tensor:
         """Labels of the training split in index order (for methods that sample negatives)."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.config import Fraction, NonNegativeInt, PositiveInt, Seed
-from kdlab.data.base import KDDataModule, TensorBatches, split_indices
+from kdlab.data.base import KDDataModule, TensorBatches, TrainViews, split_indices
 from kdlab.errors import KdlabError
 
 # torchvision's layout of the extracted archives: folder, train files, test files, label key.
@@ -70,26 +70,53 @@ def read_cifar_batches(files: list[Path], label_key: str, classes: int | None = 
     return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys), dtype=torch.long)
 
 
-def random_crop_flip(x: Tensor, pad: int = 4) -> Tensor:
-    """Per-sample random crop of the zero-padded batch and random horizontal flip.  x: (b, c, h, w)"""
+#: The standard CIFAR augmentation: a crop of the image zero-padded by PAD pixels, at one of
+#: (2 PAD + 1)^2 offsets, mirrored or not: 9 x 9 x 2 = 162 views per image.
+PAD = 4
+CROP_FLIP_VIEWS = (2 * PAD + 1) ** 2 * 2
+
+
+def draw_crop_flip(b: int, pad: int = PAD, device: torch.device | str | None = None) -> Tensor:
+    """Random views of the padded crop + flip for ``b`` images, as view ids (``crop_flip``): the
+    top offset, the left offset (each uniform in 0..2 pad) and the flip (probability 1/2), drawn
+    in that order with the same calls as before the views were made explicit, so a seed gives
+    the same crops and flips as it did."""
+    n = 2 * pad + 1
+    top = torch.randint(0, n, (b, 1), device=device)
+    left = torch.randint(0, n, (b, 1), device=device)
+    flip = torch.rand(b, 1, device=device) < 0.5
+    return ((top * n + left) * 2 + flip.long()).view(b)
+
+
+def crop_flip(x: Tensor, views: Tensor, pad: int = PAD) -> Tensor:
+    """View ``views[i]`` of each image of the batch: view = (dy (2 pad + 1) + dx) 2 + flip is the
+    crop of the zero-padded image at offset (dy, dx), mirrored when flip is 1.  x: (b, c, h, w)"""
     b, c, h, w = x.shape
-    dev = x.device
+    dev, n = x.device, 2 * pad + 1
+    views = views.to(dev)
+    dy, dx, flip = views // (2 * n), (views // 2) % n, (views % 2).bool()
     padded = F.pad(x, (pad, pad, pad, pad))  # (b, c, h+2p, w+2p)
-    top = torch.randint(0, 2 * pad + 1, (b, 1), device=dev) + torch.arange(h, device=dev)  # (b, h)
-    left = torch.randint(0, 2 * pad + 1, (b, 1), device=dev) + torch.arange(w, device=dev)  # (b, w)
-    flip = torch.rand(b, 1, device=dev) < 0.5
-    left = torch.where(flip, left.flip(-1), left)  # reading columns backwards = horizontal flip
+    top = dy[:, None] + torch.arange(h, device=dev)  # (b, h)
+    left = dx[:, None] + torch.arange(w, device=dev)  # (b, w)
+    left = torch.where(flip[:, None], left.flip(-1), left)  # reading columns backwards = horizontal flip
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
     return padded[bi, ci, top[:, None, :, None], left[:, None, None, :]]
+
+
+def random_crop_flip(x: Tensor, pad: int = PAD) -> Tensor:
+    """Per-sample random crop of the zero-padded batch and random horizontal flip.  x: (b, c, h, w)"""
+    return crop_flip(x, draw_crop_flip(len(x), pad, x.device), pad)
 
 
 class CIFAR(KDDataModule):
     """CIFAR-10 / CIFAR-100 (Krizhevsky, 2009): 50000 train / 10000 test 32x32 colour images.
 
     Reads torchvision's extracted layout under ``root``; downloads only with ``download=True``.
-    Training batches get the standard augmentation (4-pixel padded random crop + flip);
-    all batches are normalised with the dataset's channel mean/std.
+    Training batches get the standard augmentation (4-pixel padded random crop + flip), drawn as
+    one of 162 view ids per image that the batch carries, ``(x, y, index, view)``, so the
+    teacher-output cache can store a row per (image, view); all batches are normalised with the
+    dataset's channel mean/std.
     """
 
     def __init__(
@@ -135,12 +162,25 @@ class CIFAR(KDDataModule):
 
     def preprocess(self, batch, train: bool):
         x, y, *rest = batch
-        x = x.float().div_(255)
-        if train and self.augment:
-            x = random_crop_flip(x, pad=4)
+        if train and self.augment:  # (x, y, index, view): the view each image was drawn in
+            views = draw_crop_flip(len(x), PAD, x.device)
+            return (self.view_inputs(x, views), y, rest[0] if rest else None, views)
+        return (self.view_inputs(x, None), y, *rest)
+
+    def train_views(self) -> TrainViews:
+        if not self.augment:
+            return TrainViews(1)
+        n = 2 * PAD + 1
+        return TrainViews(CROP_FLIP_VIEWS, f"pad{PAD}-crop{n}x{n}-flip2")
+
+    def view_inputs(self, x: Tensor, views: Tensor | None) -> Tensor:
+        """Stored uint8 images ``x`` in ``views`` (None: as they are), scaled to [0, 1] and normalised."""
+        x = x.float() / 255
+        if views is not None:
+            x = crop_flip(x, views, PAD)
         mean = torch.tensor(MEAN[self.classes], device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(STD[self.classes], device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std, y, *rest)
+        return (x - mean) / std
 
 
 def write_fake_cifar(

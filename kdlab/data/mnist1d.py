@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from kdlab.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
-from kdlab.data.base import KDDataModule, TensorBatches, split_indices
+from kdlab.data.base import KDDataModule, TensorBatches, TrainViews, split_indices
 from kdlab.errors import KdlabError
 from kdlab.files import publish
 
@@ -133,6 +133,13 @@ class MNIST1D(KDDataModule):
         if train and self.noise_std:
             x = x + self.noise_std * torch.randn_like(x)
         return (x, y, *rest)
+
+    def train_views(self) -> TrainViews:
+        if self.noise_std:
+            return TrainViews(None, reason=f"data.noise_std={self.noise_std} adds Gaussian noise: no input repeats")
+        if self.max_shift:
+            return TrainViews(None, reason=f"data.max_shift={self.max_shift}: random shifts are not enumerated")
+        return TrainViews(1)
 
     def build(self):
         a = load_mnist1d(self.root, self.num_samples, self.generation_seed, self.shuffle_seq)

@@ -77,6 +77,13 @@ class Term(nn.Module):
         self.student_taps: list[str] = []
         self.teacher_taps: list[str] = []
 
+    @property
+    def teacher_logits_only(self) -> bool:
+        """Whether the teacher's eval-mode logits are all this term reads of it (no teacher taps, no
+        train mode), once ``select_taps`` has run: then they may come from the teacher-output cache
+        (``kdlab.teacher_outputs``) instead of a forward pass of the teacher."""
+        return not self.teacher_taps and not self.teacher_train_mode
+
     def select_taps(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Choose the module paths to tap (feature terms). Default: none."""
 

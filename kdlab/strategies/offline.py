@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,13 @@ from kdlab.strategies.base import (
     lightning_optimization,
     probe,
 )
+from kdlab.teacher_outputs import TeacherOutputs, logits_only_reason
+from kdlab.teacher_outputs import plan as plan_teacher_outputs
 
 if TYPE_CHECKING:
     from kdlab.context import RunContext
+
+log = logging.getLogger("kdlab")
 
 
 @dataclass
@@ -44,12 +49,22 @@ class Offline(Strategy):
         spec, terms = run.cfg.student, run.terms()
         student = run.model(spec)  # before the teacher: a wrong student fails before any teacher trains
         teacher = run.teacher() if any(t.needs_teacher for t in terms.values()) else None
-        module = train_offline(run, student, spec, terms, teacher)
+        # the teacher's logits from the teacher-output cache when the terms read nothing else (kdlab/teacher_outputs.py)
+        self.teacher_outputs = plan_teacher_outputs(run, teacher) if teacher is not None else None
+        module = train_offline(run, student, spec, terms, teacher, teacher_outputs=self.teacher_outputs)
+        if self.teacher_outputs is not None and self.teacher_outputs.active:
+            log.info(self.teacher_outputs.summary())
         reference = None
         if module.teacher is not None:
             reference = Trained(module.teacher, getattr(module.teacher, "kdlab_arch", run.cfg.teacher.arch))
         kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
         return Fitted(Trained(module.student, spec.arch, kwargs), reference, module.best_val_acc(), module.trainer)
+
+    def results(self, data) -> dict:
+        """results.json's ``teacher_cache``: whether the teacher-output cache was used (else why not),
+        its dtype, hit rate, fill time and size on disk; null without a teacher."""
+        cache = getattr(self, "teacher_outputs", None)
+        return {"teacher_cache": cache.report() if cache is not None else None}
 
 
 def train_offline(
@@ -59,11 +74,13 @@ def train_offline(
     terms: Mapping[str, Term],
     teacher: nn.Module | None = None,
     log_prefix: str = "",
+    teacher_outputs: TeacherOutputs | None = None,
     **fit,
 ) -> OfflineDistillation:
-    """Fit ``model`` on ``terms`` (``teacher`` frozen) with the optimizer and scheduler of preset
-    ``spec``, in ``run``; ``fit`` goes to ``RunContext.fit`` (sub-directory, epochs, ...). Students,
-    Born-Again generations and teachers trained by kdlab are all trained here."""
+    """Fit ``model`` on ``terms`` (``teacher`` frozen, its logits from ``teacher_outputs`` when given)
+    with the optimizer and scheduler of preset ``spec``, in ``run``; ``fit`` goes to ``RunContext.fit``
+    (sub-directory, epochs, ...). Students, Born-Again generations and teachers trained by kdlab are
+    all trained here."""
     optimizer, scheduler = run.optimization(spec)
     module = OfflineDistillation(
         model,
@@ -74,6 +91,7 @@ def train_offline(
         scheduler=scheduler,
         teacher=teacher,
         log_prefix=log_prefix,
+        teacher_outputs=teacher_outputs,
     )
     for name, term in terms.items():  # the terms' initialisation phases (AB, FT, FSP): each a fit of its own
         phase = term.init_phase()
@@ -94,8 +112,11 @@ class OfflineDistillation(DistillationModule):
     put in train mode, unless a term's reference trains with it in train mode
     (``Term.teacher_train_mode``, OFD: batch statistics; its BN statistics are restored after
     each fit). When no term needs a teacher (``method=none``) this is plain supervised training
-    and no teacher is kept. Learnable parts of the terms (regressors, embeddings) are optimised
-    with the student and saved in its checkpoints. While ``phase`` names a term, the module
+    and no teacher is kept. With ``teacher_outputs`` (``kdlab.teacher_outputs``) and terms that read
+    only the teacher's logits, training steps read them from the teacher-output cache, by each
+    sample's index and view, and the teacher runs only on the rows still missing. Learnable parts
+    of the terms (regressors, embeddings) are optimised with the student and saved in its
+    checkpoints. While ``phase`` names a term, the module
     trains that term's initialisation phase instead (``train_offline`` runs them first).
 
     Logged once per epoch: ``train/loss`` and every weighted term as ``train/loss_<name>``,
@@ -112,6 +133,7 @@ class OfflineDistillation(DistillationModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         teacher: nn.Module | None = None,
         log_prefix: str = "",
+        teacher_outputs: TeacherOutputs | None = None,
     ):
         super().__init__(num_classes, [STUDENT], log_prefix)
         if not terms:
@@ -138,6 +160,12 @@ class OfflineDistillation(DistillationModule):
             if self.teacher is not None
             else None
         )
+        self.teacher_outputs = teacher_outputs if self.teacher is not None else None
+        self._views: Tensor | None = None  # the view ids of the training batch being stepped
+        if self.teacher_outputs is not None and self.teacher_outputs.active:
+            reason = logits_only_reason(self.terms)
+            if reason:
+                self.teacher_outputs.disable(reason)
         self._probe_and_build(input_shape)
 
     def _probe_and_build(self, input_shape: Sequence[int]) -> None:
@@ -183,13 +211,26 @@ class OfflineDistillation(DistillationModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
+    def training_step(self, batch, batch_idx: int):
+        # (x, y, index, view) when the augmentation draws enumerable views (kdlab.data.base.TrainViews)
+        self._views = batch[3] if len(batch) > 3 else None
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self._views = None
+
     def step_outputs(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> StepOutputs:
-        """Student forward (with grad) and teacher forward (without), with their taps."""
+        """Student forward (with grad) and teacher forward (without), with their taps; the teacher's
+        logits from the teacher-output cache when it is on (training steps only)."""
         logits = self.student(x)
         out = StepOutputs(logits, y, student_feats=self.student_taps.pop(), index=index, epoch=self.current_epoch)
         if self.teacher is not None:
-            with torch.no_grad():
-                out.teacher_logits = self.teacher(x)
+            cache = self.teacher_outputs
+            if cache is not None and cache.active and index is not None and self.training and self.phase is None:
+                out.teacher_logits = cache.logits(self.teacher, x, index, self._views)
+            else:
+                with torch.no_grad():
+                    out.teacher_logits = self.teacher(x)
             out.teacher_feats = self.teacher_taps.pop()
         return out
 
