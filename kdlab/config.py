@@ -90,6 +90,8 @@ SWEEP: dict[str, Any] = {
     "timeout": PositiveFloat | None,
     "worker": NonNegativeInt | None,
     "retries": NonNegativeInt,
+    "heartbeat_interval": PositiveInt,  # seconds between a running trial's heartbeats
+    "grace_period": PositiveInt,  # seconds without one before the trial counts as dead
     "sampler": Mapping,
     "pruner": Mapping | None,
     "params": Mapping,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -112,7 +113,7 @@ def run_directory(output_dir: Path):
     stops in one line instead of mixing its files with the first's. The lock (``.kdlab.lock``, an
     OS file lock) goes with the process, so a killed run never leaves it held. DDP ranks other than
     0 share their rank 0's directory and do not take it."""
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+    if rank_zero_only.rank != 0:  # Lightning's rank of this process: RANK, LOCAL_RANK or SLURM_PROCID
         yield
         return
     path = output_dir / ".kdlab.lock"

@@ -1,5 +1,9 @@
 """Kill -9 and resume, measured: ``python -m kdlab.reliability`` (``make reliability``).
 
+``--sweep``: a study of 6 trials whose worker is killed with SIGKILL twice in the middle of a
+trial; the worker is started again with the same command each time. Reports the finished
+trials, the retried ones and the epoch each retry resumed from. Appends to docs/reliability.md.
+
 One uninterrupted ``kdlab-train`` run (MNIST-1D, offline KD, cnn1d -> mlp, 30 epochs,
 ``trainer.deterministic=true``), then ``--kills`` runs of the same command, each killed with
 SIGKILL at a random moment and started again with the same command until it finishes. Reports
@@ -96,12 +100,83 @@ def killed_run(run_dir: Path, env: dict, kill_epoch: int, fraction: float) -> di
     }
 
 
+SWEEP = [
+    "sweeps=kd_temperature_alpha",
+    "sweep.n_trials=6",
+    "sweep.pruner=null",
+    "sweep.heartbeat_interval=1",
+    "sweep.grace_period=3",
+    "trainer.max_epochs=8",
+    "data.batch_size=16",
+    "logger=none",
+    "measure_speed=false",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def sweep_kills(tmp: Path, env: dict, kills: int = 2) -> dict:
+    """A 6-trial study whose worker is SIGKILLed ``kills`` times mid-trial and restarted each time."""
+    import optuna
+
+    env = {**env, "KDLAB_SWEEP_DIR": str(tmp / "sweeps")}
+    cmd = [sys.executable, "-m", "kdlab.sweep", *SWEEP, "--target=6"]
+    study_dir, killed, starts = tmp / "sweeps" / "kd_temperature_alpha", [], 0
+    start = time.perf_counter()
+    while True:
+        starts += 1
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if len(killed) < kills:  # wait for a trial (one not killed before) to be a few epochs in, then kill
+            victim = None
+            while proc.poll() is None and victim is None:
+                for last in study_dir.glob("trial_*/checkpoints/last.ckpt"):
+                    trial = last.parent.parent
+                    if trial.name not in killed and not (trial / "results.json").exists():
+                        if (checkpoint_epoch(last) or 0) >= 2:
+                            victim = trial
+                time.sleep(0.05)
+            if victim is not None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed.append(victim.name)
+                time.sleep(4)  # past the grace period: the next worker finds the trial stale and retries it
+                continue
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"kdlab-sweep failed: {err.strip().splitlines()[-1] if err.strip() else ''}")
+        break
+    wall = time.perf_counter() - start
+    study = optuna.load_study(study_name="kd_temperature_alpha", storage=f"sqlite:///{tmp / 'sweeps' / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    resumed = {}
+    for name in killed:
+        results = json.loads((study_dir / name / "results.json").read_text())
+        resumed[name] = results["resumed_from"]
+    return {
+        "worker_starts": starts,
+        "killed_trials": killed,
+        "resumed_from": resumed,
+        "complete": states.count("COMPLETE"),
+        "failed_then_retried": states.count("FAIL"),
+        "states": states,
+        "wall_s": round(wall, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/reliability.md")
+    ap.add_argument("--sweep", action="store_true", help="the killed-worker sweep instead, appended to --out")
     args = ap.parse_args()
+    if args.sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            env = {**os.environ, "WANDB_MODE": "disabled", "KDLAB_CACHE_DIR": str(tmp / "cache")}
+            row = sweep_kills(tmp, env)
+        print(json.dumps(row))
+        write_sweep_report(Path(args.out), row)
+        return
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -148,6 +223,25 @@ def write_report(out: Path, whole: dict, whole_s: float, rows: list[dict]) -> No
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+def write_sweep_report(out: Path, row: dict) -> None:
+    text = out.read_text() if out.exists() else "# Reliability\n"
+    marker = "\n## A sweep whose worker is killed"
+    text = text.split(marker)[0].rstrip("\n") + "\n"
+    resumed = ", ".join(f"{k}: epoch {v}" for k, v in row["resumed_from"].items())
+    text += (
+        f"{marker} twice\n\n`python -m kdlab.reliability --sweep`, {time.strftime('%Y-%m-%d')}: "
+        f"`kdlab-sweep {' '.join(SWEEP)} --target=6` (SQLite storage), its worker killed with SIGKILL in the middle "
+        f"of {len(row['killed_trials'])} trials (each at least 3 epochs in) and started again with the same "
+        f"command each time ({row['worker_starts']} starts, {row['wall_s']} s in all).\n\n"
+        f"- trials COMPLETE: {row['complete']}; trials FAIL (the killed ones, marked after the heartbeat grace "
+        f"period and queued again): {row['failed_then_retried']}\n"
+        f"- the retries ran in the killed trials' directories and resumed from their checkpoints: {resumed}\n"
+        f"- trial states in order: {', '.join(row['states'])}\n"
+    )
+    out.write_text(text)
     print(f"wrote {out}")
 
 

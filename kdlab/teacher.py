@@ -161,7 +161,8 @@ def single_teacher(run: RunContext, t: DictConfig) -> nn.Module:
         start = time.perf_counter()
         # alone, in the cache, on one device whatever cfg.trainer says: a teacher trained inside a DDP job must not relaunch it
         on_demand = run.child(output_dir=entry / "run", loggers=[], callbacks=[])
-        module = train_teacher(on_demand, t, checkpoints=False, devices=1, strategy="auto", sync_batchnorm=False)
+        alone = dict(devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False)  # not the run's nodes either
+        module = train_teacher(on_demand, t, checkpoints=False, **alone)
         metrics = {"val_acc_best": module.best_val_acc(), "train_s": round(time.perf_counter() - start, 2)}
         cache_teacher(run, t, module.student, metrics)
         return module.student

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -93,6 +94,32 @@ class Embed(nn.Module):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
+def world() -> tuple[int, int]:
+    """(number of processes, this one's rank) of the initialised process group; (1, 0) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def gather_global_batch(t: Tensor) -> Tensor:
+    """Every process's ``(b, ...)`` rows as the ``(world * b, ...)`` global batch, in the order one
+    process would have drawn it: with DistributedSampler, rank r's i-th sample is the global batch's
+    sample ``i * world + r``. Not differentiable (for indices, labels and detached embeddings);
+    ``t`` itself when there is no process group."""
+    w, _ = world()
+    if w == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(w)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1)  # (b, w, ...) -> (b * w, ...)
+
+
+def own_rows(t: Tensor) -> Tensor:
+    """This process's rows of a global batch built by ``gather_global_batch``."""
+    w, r = world()
+    return t if w == 1 else t.unflatten(0, (-1, w))[:, r]
+
+
 class ContrastMemory(nn.Module):
     """CRD's memory bank: one slowly updated embedding per training sample and per model.
 
@@ -102,6 +129,10 @@ class ContrastMemory(nn.Module):
     (``momentum``) and are re-normalised; the move is applied when the next step starts
     (after this step's backward, which needs the old memory), so every step scores against
     the same memory as in the reference code.
+
+    Under DDP every process holds the whole bank and moves it with the global batch's embeddings
+    (gathered from all processes), and Z is the global batch's mean: the banks stay identical on
+    every rank and equal to the one a single process sees with the global batch (RepDistiller's).
     """
 
     def __init__(self, dim: int, n_data: int, nce_t: float, momentum: float):
@@ -123,9 +154,15 @@ class ContrastMemory(nn.Module):
         scores_s = torch.exp((v_s @ self.memory_t.t().to(v_s.dtype)).gather(1, sample) / self.nce_t)  # (b, 1+K)
         scores_t = torch.exp((v_t @ self.memory_s.t().to(v_t.dtype)).gather(1, sample) / self.nce_t)
         if self.z[0] < 0:
-            self.z.copy_(torch.stack([scores_s.mean(), scores_t.mean()]).detach() * self.n_data)
-        # the memories feed this step's backward: move them at the start of the next step
-        self._pending = (index, v_s.detach().float(), v_t.detach().float())
+            z = torch.stack([scores_s.mean(), scores_t.mean()]).detach()
+            w, _ = world()
+            if w > 1:  # the global batch's mean (every rank's batch has the same size)
+                dist.all_reduce(z)
+                z = z / w
+            self.z.copy_(z * self.n_data)
+        # the memories feed this step's backward: move them at the start of the next step, on every
+        # rank with every rank's samples
+        self._pending = tuple(gather_global_batch(t) for t in (index, v_s.detach().float(), v_t.detach().float()))
         return scores_s / self.z[0], scores_t / self.z[1]
 
     @torch.no_grad()
@@ -190,7 +227,11 @@ class CRD(EmbeddingTerm):
             raise KdlabError("CRD needs its memory bank and sample indices: train it through a kdlab data module")
         ((fs, ft),) = self.pairs(out)
         v_s, v_t = self.embed_s(fs), self.embed_t(ft)
-        scores_s, scores_t = self.memory(v_s, v_t, out.index, self.negatives(out.index, out.target))
+        # under DDP the negatives are drawn for the global batch and each rank keeps its own rows: as one
+        # process with the global batch when the ranks' random streams agree (Lightning seeds every rank
+        # alike), and negatives of other classes for this rank's samples whatever the streams
+        sample = own_rows(self.negatives(gather_global_batch(out.index), gather_global_batch(out.target)))
+        scores_s, scores_t = self.memory(v_s, v_t, out.index, sample)
         return crd_loss(scores_s, scores_t, self.memory.n_data)
 
 

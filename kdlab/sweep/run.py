@@ -37,12 +37,31 @@ from kdlab import CONFIG_DIR
 from kdlab.config import compose, upgrade_overrides, validate
 from kdlab.context import quiet_third_party
 from kdlab.errors import KdlabError, one_line_errors
-from kdlab.sweep.space import Param, parse_space
+from kdlab.sweep.ranks import Ranks, follow, join
+from kdlab.sweep.space import Param, check_metric, check_values, parse_space
 from kdlab.train import run as train_run
 
 log = logging.getLogger("kdlab.sweep")
 USAGE = "usage: kdlab-sweep sweeps=<name> [--n-jobs N] [overrides ...]"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def finished(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that are done: complete, pruned, or failed and not retried (a worker killed mid-trial
+    leaves a FAIL whose retry runs later: it counts once, when the retry ends)."""
+    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    return sum(t.state in FINISHED and not (t.state == TrialState.FAIL and t.number in retried) for t in trials)
+
+
+class StopWhenFinished:
+    """Stops the study once ``target`` trials are done (``finished``), counted across every worker."""
+
+    def __init__(self, target: int):
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if finished(study.get_trials(deepcopy=False)) >= self.target:
+            study.stop()
 
 
 class MetricHistory(pl.Callback):
@@ -65,17 +84,20 @@ def storage_url(cfg: DictConfig) -> str:
     return f"sqlite:///{root / 'optuna.db'}"
 
 
-def make_storage(url: str, retries: int) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats: a killed worker's trial turns FAIL after the grace period
-    (and is retried up to ``retries`` times) instead of staying RUNNING forever."""
+def make_storage(url: str, retries: int, heartbeat_interval: int = 30, grace_period: int = 120):
+    """RDB storage with heartbeats: a killed worker's trial turns FAIL ``grace_period`` seconds after
+    its last heartbeat instead of staying RUNNING forever, and is queued again (up to ``retries``
+    times) with its parameters and the values it had reported; the retry resumes the killed trial's
+    run directory (``trial_dir``)."""
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries, inherit_intermediate_values=True)
     try:
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=kwargs,
-            heartbeat_interval=30,
-            grace_period=120,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry if retries else None,
         )
     except Exception as e:
         raise KdlabError(f"cannot open sweep storage {url} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
@@ -103,7 +125,22 @@ def make_study(cfg: DictConfig, storage, worker: int | None) -> optuna.Study:
     return study
 
 
-def objective(cfg: DictConfig, space: list[Param], base_overrides: list[str], study_dir: Path, worker: int | None):
+def trial_dir(study_dir: Path, trial: optuna.Trial) -> tuple[Path, int | None]:
+    """``trial_<n>/`` of the trial, and the number of the trial it retries (None for a new one): a
+    retry runs in the killed trial's directory, where ``resume=auto`` continues its last.ckpt."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return study_dir / f"trial_{trial.number if retried is None else retried:03d}", retried
+
+
+def objective(
+    cfg: DictConfig,
+    space: list[Param],
+    base_overrides: list[str],
+    study_dir: Path,
+    worker: int | None,
+    ranks: Ranks | None = None,
+):
     s = cfg.sweep
     uses_wandb = "wandb" in (cfg.logger or {})
 
@@ -112,31 +149,43 @@ def objective(cfg: DictConfig, space: list[Param], base_overrides: list[str], st
         trial_overrides = [p.override(values[p.key]) for p in space]
         extra = [f"logger.wandb.group={s.study_name}"] if uses_wandb else []
         trial_cfg, choices = compose([*base_overrides, *trial_overrides, *extra])
-        out_dir = study_dir / f"trial_{trial.number:03d}"
+        out_dir, retried = trial_dir(study_dir, trial)
+        # a retry inherits the values its killed trial reported; its resumed run reports the epochs after
+        inherited = list(trial.study._storage.get_trial(trial._trial_id).intermediate_values.values())
+        if retried is not None:
+            print(f"trial {trial.number}: retries trial {retried}, resuming {out_dir}", file=sys.stderr)
         trial.set_user_attr("run_dir", str(out_dir))
         trial.set_user_attr("overrides", trial_overrides)
         trial.set_user_attr("worker", worker)
         history = MetricHistory(s.metric)
+        pruning = PyTorchLightningPruningCallback(trial, monitor=s.metric)
+        if ranks is not None:  # DDP trials: the other ranks train this trial with rank 0
+            overrides = [*base_overrides, *trial_overrides, *extra]
+            ranks.send({"number": trial.number, "overrides": overrides, "run_dir": str(out_dir)})
         try:
             results = train_run(
                 trial_cfg,
                 out_dir,
                 [*base_overrides, *trial_overrides],
-                callbacks=[PyTorchLightningPruningCallback(trial, monitor=s.metric), history],
+                callbacks=[pruning, history],
                 tags=[f"study:{s.study_name}", f"trial:{trial.number}"],
                 summary=False,
                 experiment=choices.get("experiments"),
                 pruned=(optuna.TrialPruned,),
             )
+            with warnings.catch_warnings():  # under DDP the pruning decision is read back here; values re-reported
+                warnings.simplefilter("ignore")
+                pruning.check_pruned()
         except optuna.TrialPruned:
             print(
                 f"trial {trial.number}: pruned after {len(history.values)} epoch(s): {' '.join(trial_overrides)}",
                 file=sys.stderr,
             )
             raise
-        if not history.values:
+        reported = history.values + inherited
+        if not reported:
             raise KdlabError(f"sweep.metric={s.metric} was never logged; monitor a logged metric such as val/acc")
-        value = max(history.values) if s.direction == "maximize" else min(history.values)
+        value = max(reported) if s.direction == "maximize" else min(reported)
         test_acc = results["student"]["test_acc"] if results.get("student") else None
         trial.set_user_attr("test_acc", test_acc)
         print(
@@ -233,10 +282,14 @@ def load_sweep(overrides: list[str]) -> tuple[DictConfig, list[Param]]:
         cfg.sweep.study_name = choices["sweeps"].replace("/", "_")
     cfg.paths.output_dir = str(Path(cfg.paths.sweep_dir) / cfg.sweep.study_name)
     validate(cfg)  # the training values and the study settings, before any trial
-    return cfg, parse_space(cfg.sweep.params, cfg)
+    space = parse_space(cfg.sweep.params, cfg)
+    check_metric(cfg)  # a metric no trial logs, or a value no trial can run, stops the sweep here
+    check_values(space, overrides)
+    return cfg, space
 
 
-def sweep(argv: list[str]) -> optuna.Study:
+def sweep(argv: list[str]) -> optuna.Study | None:
+    """Run the sweep command ``argv``; the study (None on the ranks > 0 of a DDP sweep, which follow rank 0)."""
     flags, overrides = parse_argv(argv)
     overrides = upgrade_overrides(overrides)
     quiet_third_party()
@@ -244,11 +297,17 @@ def sweep(argv: list[str]) -> optuna.Study:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
     cfg, space = load_sweep(overrides)
     s = cfg.sweep
+    n_jobs = flags["n_jobs"] or int(s.n_jobs)
+    ranks = join(cfg)  # DDP trials under torchrun / srun: rank 0 runs the study, the others follow it
+    if ranks is not None and n_jobs > 1:  # on every rank alike
+        raise KdlabError("--n-jobs > 1 with DDP trials: start one torchrun / srun job per worker instead")
+    if ranks is not None and ranks.rank > 0:
+        follow(ranks, s.metric)
+        return None
     study_dir = Path(cfg.paths.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(cfg)
-    storage = make_storage(url, int(s.retries))
-    n_jobs = flags["n_jobs"] or int(s.n_jobs)
+    storage = make_storage(url, int(s.retries), int(s.get("heartbeat_interval", 30)), int(s.get("grace_period", 120)))
     spawning = n_jobs > 1 and flags["worker"] is None  # this process is the first of n_jobs workers
     worker = flags["worker"] if flags["worker"] is not None else s.get("worker")
     if spawning and worker is not None:
@@ -256,7 +315,7 @@ def sweep(argv: list[str]) -> optuna.Study:
     study = make_study(cfg, storage, worker)
     start, children, target = time.perf_counter(), [], flags["target"]
     if spawning:  # the n_jobs workers share this command's n_trials through the study's count
-        target = len([t for t in study.trials if t.state in FINISHED]) + int(s.n_trials)
+        target = finished(study.trials) + int(s.n_trials)
         first = worker or 0
         children = [
             subprocess.Popen(
@@ -268,15 +327,19 @@ def sweep(argv: list[str]) -> optuna.Study:
         f"study {s.study_name} ({len(study.trials)} trials so far) in {url}; {n_jobs} worker(s)",
         file=sys.stderr,
     )
-    callbacks = [optuna.study.MaxTrialsCallback(target, states=FINISHED)] if target is not None else []
-    study.optimize(
-        objective(cfg, space, overrides, study_dir, worker),
-        n_trials=None if target is not None else int(s.n_trials),
-        timeout=s.timeout,
-        catch=(Exception,),
-        callbacks=callbacks,
-        gc_after_trial=True,
-    )
+    callbacks = [StopWhenFinished(target)] if target is not None else []
+    try:
+        study.optimize(
+            objective(cfg, space, overrides, study_dir, worker, ranks),
+            n_trials=None if target is not None else int(s.n_trials),
+            timeout=s.timeout,
+            catch=(Exception,),
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
+    finally:
+        if ranks is not None:
+            ranks.send(None)  # the other ranks stop following
     failed = [child.wait() for child in children]
     if any(failed):
         log.warning(f"{sum(1 for rc in failed if rc)} worker process(es) exited with an error")

@@ -12,6 +12,7 @@ Keys are dotted config keys of the composed training config, or config group nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,8 @@ def parse_space(params: Mapping, cfg: DictConfig) -> list[Param]:
         low, high = spec.get("low"), spec.get("high")
         if not isinstance(low, int | float) or not isinstance(high, int | float) or not low < high:
             raise KdlabError(f"{where}: {spec['type']} needs numbers low < high, got low={low}, high={high}")
+        if spec["type"] == "int" and not all(float(v).is_integer() for v in (low, high, spec.get("step") or 1)):
+            raise KdlabError(f"{where}: int needs integers low < high, got low={low}, high={high}")
         log = bool(spec.get("log", False))
         if log and low <= 0:
             raise KdlabError(f"{where}: log scale needs low > 0, got {low}")
@@ -98,3 +101,64 @@ def parse_space(params: Mapping, cfg: DictConfig) -> list[Param]:
             raise KdlabError(f"{where}: step and log cannot be combined")
         space.append(Param(key, spec["type"], float(low), float(high), log, spec.get("step")))
     return space
+
+
+def check_values(space: list[Param], overrides: list[str]) -> None:
+    """Every value a trial can be given, composed and validated before any trial runs: each choice
+    of a categorical (a config group option that does not exist, a value of the wrong type) and
+    both ends of a range (``low: -1`` for a temperature). A sweep that would fail trial by trial
+    stops here, in one line."""
+    from kdlab.config import compose, validate  # kdlab.config is imported lazily by the sweep's users
+
+    for p in space:
+        where = f"sweep.params.{p.key}"
+        if p.type == "categorical":
+            values = [("choice", v) for v in p.choices]
+        else:
+            cast = int if p.type == "int" else float
+            values = [("low", cast(p.low)), ("high", cast(p.high))]
+        for what, value in values:
+            try:
+                cfg, _ = compose([*overrides, p.override(value)])
+                cfg.paths.output_dir = "/unused"
+                validate(cfg)
+            except KdlabError as e:
+                raise KdlabError(f"{where}: {what} {value} cannot run ({e}); change sweep.params.{p.key}") from None
+
+
+def logged_metrics(cfg: DictConfig) -> list[str]:
+    """The validation metrics a run of ``cfg`` logs, main ones first: ``val/acc``, ``val/acc_best``,
+    ``val/loss`` (Born-Again: each generation's, ``gen<g>/val/acc``, the last first), and the epoch
+    means of training (``train/loss``, one ``train/loss_<term>`` per term)."""
+    from kdlab.config import locate
+
+    prefixes = [""]
+    if cfg.get("task", "distill") == "distill":
+        from kdlab.strategies.born_again import BornAgain
+
+        try:
+            strategy = locate(str(cfg.strategy._target_))
+        except Exception:  # validate() names a target that does not import
+            strategy = None
+        if isinstance(strategy, type) and issubclass(strategy, BornAgain):
+            prefixes = [f"gen{g}/" for g in reversed(range(int(cfg.strategy.get("generations", 3))))]
+    terms = list((cfg.get("method") or {}).get("terms") or {}) if cfg.get("task", "distill") == "distill" else []
+    names = ["val/acc", "val/acc_best", "val/loss", "train/loss", *(f"train/loss_{t}" for t in terms)]
+    return [f"{prefix}{name}" for prefix in prefixes for name in names]
+
+
+def check_metric(cfg: DictConfig) -> None:
+    """``sweep.metric`` must be a metric the trials log (``logged_metrics``, or another output's
+    ``val/<output>/acc|loss``, or any epoch mean ``train/...``); otherwise every trial would fail,
+    one after the other."""
+    metric = str(cfg.sweep.metric)
+    known = logged_metrics(cfg)
+    prefixes = sorted({k[: k.index("val/")] for k in known if "val/" in k})
+    for prefix in prefixes:
+        rest = metric[len(prefix) :] if metric.startswith(prefix) else None
+        if rest is not None and re.fullmatch(r"val/(acc|acc_best|loss|[\w.-]+/(acc|loss))|train/[\w./-]+", rest):
+            return
+    main = ", ".join(k for k in known if "/val/acc" in f"/{k}" and not k.endswith("_best"))
+    raise KdlabError(
+        f"sweep.metric={metric} is never logged{did_you_mean(metric, known, n=3)}; runs of this config log {main}"
+    )
