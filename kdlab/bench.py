@@ -113,8 +113,9 @@ class StepTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
 
-def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out: Path) -> float:
-    """Median seconds between consecutive training steps of kdlab-train on ``recipe``."""
+def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out: Path) -> tuple[float, dict]:
+    """(median seconds between consecutive training steps, results.json) of one short kdlab-train
+    run of ``recipe``."""
     from kdlab.train import run
 
     cfg = compose(
@@ -129,8 +130,8 @@ def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out
         ],
     )
     timer = StepTimer(device == "cuda")
-    run(cfg, out, summary=False, callbacks=[timer])
-    return statistics.median(b - a for a, b in zip(timer.starts[WARMUP:], timer.starts[WARMUP + 1 :]))
+    results = run(cfg, out, summary=False, callbacks=[timer])
+    return statistics.median(b - a for a, b in zip(timer.starts[WARMUP:], timer.starts[WARMUP + 1 :])), results
 
 
 def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> dict:
@@ -164,7 +165,7 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     bare = bare_step_s(compose(recipe, overrides), batch, steps, device)
-    kdlab = kdlab_step_s(recipe, overrides, steps, device, work / "run")
+    kdlab, _ = kdlab_step_s(recipe, overrides, steps, device, work / "run")
     peak = (
         torch.cuda.max_memory_allocated()
         if device == "cuda"

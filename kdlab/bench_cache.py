@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from kdlab.bench import WARMUP, StepTimer, compose, machine
+from kdlab.bench import WARMUP, compose, kdlab_step_s, machine
 
 #: recipe -> (batch, timed steps, extra overrides, training images of the fake CIFAR for the eager fill,
 #: rounds: MNIST-1D's 1-2 ms steps vary more from run to run than CIFAR's half seconds)
@@ -44,28 +44,6 @@ MODES = {
     "cold": [],
     "warm": [],
 }
-
-
-def timed(recipe: str, overrides: list[str], steps: int, out: Path) -> tuple[float, dict]:
-    """(median seconds per step, results.json) of one epoch of kdlab-train on ``recipe``."""
-    from kdlab.train import run
-
-    cfg = compose(
-        recipe,
-        [
-            *overrides,
-            "trainer.max_epochs=1",
-            f"+trainer.limit_train_batches={WARMUP + steps + 1}",
-            "+trainer.limit_val_batches=1",
-            "logger=none",
-            "trainer.enable_progress_bar=false",
-            "measure_speed=false",
-        ],
-    )
-    timer = StepTimer(False)
-    results = run(cfg, out, summary=False, callbacks=[timer])
-    gaps = [b - a for a, b in zip(timer.starts[WARMUP:], timer.starts[WARMUP + 1 :])]
-    return statistics.median(gaps), results
 
 
 def one_case(recipe: str, work: Path, rounds: int | None = None) -> dict:
@@ -98,7 +76,9 @@ def one_case(recipe: str, work: Path, rounds: int | None = None) -> dict:
     for r in range(rounds):
         os.environ["KDLAB_CACHE_DIR"] = str(work / f"cache{r}")  # a new, empty cache each round
         for mode, more in MODES.items():
-            s, res = timed(recipe, [*overrides, *more], steps, work / f"run-{r}-{mode}")
+            s, res = kdlab_step_s(
+                recipe, [*overrides, *more, "measure_speed=false"], steps, "cpu", work / f"run-{r}-{mode}"
+            )
             step_ms[mode].append(1e3 * s)
             if mode in ("cold", "warm"):
                 (cold if mode == "cold" else warm).append(res["teacher_cache"])
