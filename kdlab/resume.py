@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,7 +229,7 @@ class ResumeState(pl.Callback):
         self.config = config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        wandb = __import__("sys").modules.get("wandb")
+        wandb = sys.modules.get("wandb")  # only when a W&B logger imported it
         run_id = wandb.run.id if wandb is not None and wandb.run is not None else None
         checkpoint["kdlab"] = {"config": self.config, "wandb_id": run_id, "rng": rng_states()}
 
