@@ -104,6 +104,10 @@ KEYS: dict[str, Any] = {
     "export_onnx": bool,
     "measure_speed": bool,
     "torch_threads": PositiveInt,
+    "compile": Mapping,
+    "compile.student": bool,
+    "compile.teacher": bool,
+    "compile.mode": Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None,
     "teacher_cache": Mapping,
     "teacher_cache.mode": Literal["auto", "off"],  # kdlab.teacher_outputs
     "teacher_cache.dtype": Literal["fp16", "fp32"],

@@ -3,6 +3,7 @@ and the helpers every strategy needs (terms, models, optimizers, the teacher, a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdlab.callbacks import ProgressBar
+from kdlab.callbacks import CompileModels, ProgressBar
 from kdlab.config import instantiate
 from kdlab.errors import KdlabError
 from kdlab.models import create_model
@@ -169,6 +171,17 @@ def build_loggers(cfg: DictConfig, tags: list[str], wandb_id: str | None = None)
     return loggers
 
 
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default profiler (none) without its cost: Lightning wraps every hook of every
+    step in ``profiler.profile(name)``, a generator-based context manager built anew each time
+    (tens of them per step); this one hands back one reusable no-op context."""
+
+    _nothing = contextlib.nullcontext()
+
+    def profile(self, action_name: str):
+        return self._nothing
+
+
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,
@@ -208,6 +221,16 @@ def build_trainer(
         )
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(ProgressBar(refresh_rate=10))
+    wanted = cfg.get("compile") or {}
+    if wanted.get("student") or wanted.get("teacher"):
+        callbacks.append(CompileModels(bool(wanted.get("student")), bool(wanted.get("teacher")), wanted.get("mode")))
+    if cfg.trainer.get("accelerator") == "cpu":
+        # Lightning asks torch to count GPUs through NVML (no fork poisoning), which Adam's step then
+        # repeats on every step: a failed dlopen of libnvidia-ml, 30 us, on a machine without a GPU.
+        # A CPU run uses no CUDA at all, so the plain count (cached by the runtime) is as safe.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    if cfg.trainer.get("profiler") is None:
+        overrides.setdefault("profiler", NoProfiler())
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,

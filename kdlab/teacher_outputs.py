@@ -75,6 +75,9 @@ log = logging.getLogger("kdlab")
 FORMAT = 1
 SUBDIR = "teacher_outputs"
 DTYPES = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
+#: a filled store up to this size is read from a copy on the training device (MNIST-1D: 72 kB;
+#: CIFAR-100 in 162 views: 1.6 GB in fp16)
+RESIDENT_BYTES = 2 * 2**30
 #: Data config keys that do not change which input a (sample, view) is.
 DATA_KEYS_IGNORED = (
     "batch_size",
@@ -318,6 +321,11 @@ class TeacherOutputs:
         self.out_dtype: torch.dtype | None = None
         self.rows_read = self.rows_hit = self.rows_written = self.rows_unstorable = 0
         self.fill_s = 0.0
+        # once every row is filled, a store of at most RESIDENT_BYTES is copied to the training device
+        # and read by indexing there: no host round trip, no numpy, per step
+        self.resident: Tensor | None = None
+        self.filled_known = 0  # rows known to be filled (at opening, plus those written since)
+        self.store_opened_now = False
 
     @classmethod
     def off(cls, reason: str, mode: str = "auto", dtype: str = "fp16", announce: bool = True) -> TeacherOutputs:
@@ -336,7 +344,15 @@ class TeacherOutputs:
             self.store.close()
 
     def __getstate__(self):  # pickled with its module (DDP spawn): the store opens again where it lands
-        return {**self.__dict__, "store": None}
+        return {**self.__dict__, "store": None, "resident": None}
+
+    def make_resident(self, store: Store, device: torch.device) -> None:
+        """Copy the store to ``device`` when every row is filled and it is small enough."""
+        if self.filled_known < store.rows or store.rows * store.row_bytes > RESIDENT_BYTES:
+            return
+        self.filled_known = store.filled_rows()  # the flags themselves: another process may have filled rows too
+        if self.filled_known == store.rows:
+            self.resident = torch.from_numpy(np.array(store.logits)).to(device)  # (rows, classes), storage dtype
 
     # the store
     def full_key(self, numerics_: str) -> dict:
@@ -352,6 +368,7 @@ class TeacherOutputs:
                 self.store = Store.open(
                     self.root, name, key, self.samples * self.views, self.classes, DTYPES[self.dtype]
                 )
+                self.store_opened_now = True
             except OSError as e:
                 self.disable(f"cannot use {self.root} ({type(e).__name__}: {e.strerror or e})")
         return self.store
@@ -387,9 +404,17 @@ class TeacherOutputs:
     def logits(self, teacher: nn.Module, x: Tensor, index: Tensor, views: Tensor | None = None) -> Tensor:
         """The teacher's logits for the training batch ``x`` (samples ``index`` in ``views``): cached
         rows as stored, the others computed by the teacher on the missing samples only and stored."""
+        if self.resident is not None and self.resident.device == x.device:
+            rows_t = index if self.views == 1 else index * self.views + views.to(index.device)
+            self.rows_read += len(index)
+            self.rows_hit += len(index)
+            return self.resident[rows_t.to(x.device)].to(self.out_dtype)
         store = self.open(x, teacher)
         if store is None:
             return teacher(x)
+        if self.store_opened_now:
+            self.store_opened_now = False
+            self.filled_known = store.filled_rows()
         rows = self.rows(index, views)
         hit, cached = store.lookup(rows)
         n_hit = int(hit.sum())
@@ -398,6 +423,7 @@ class TeacherOutputs:
         if n_hit == len(rows):
             if self.out_dtype is None:  # the dtype the live teacher gives here (autocast, an ensemble's fp32)
                 self.out_dtype = teacher(x[:1]).dtype
+            self.make_resident(store, x.device)
             return torch.from_numpy(cached).to(x.device, self.out_dtype)
         start = time.perf_counter()
         if n_hit == 0:
@@ -410,7 +436,9 @@ class TeacherOutputs:
             out[~hit_t] = fresh
             out[hit_t] = torch.from_numpy(cached).to(x.device, fresh.dtype)
         self.out_dtype = fresh.dtype
+        written = self.rows_written
         self.store_rows(store, rows[~hit], fresh)
+        self.filled_known += self.rows_written - written
         self.fill_s += time.perf_counter() - start
         return out
 

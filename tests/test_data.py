@@ -133,7 +133,7 @@ def _write_images(folder, classes=("cat", "dog", "eel"), per_class=6, size=(10, 
 
 def test_imagefolder_flat_and_split_layouts(tmp_path):
     _write_images(tmp_path / "flat")
-    dm = ImageFolderData(root=str(tmp_path / "flat"), image_size=16, batch_size=4, num_workers=0)
+    dm = ImageFolderData(root=str(tmp_path / "flat"), image_size=16, batch_size=4, num_workers=0, in_memory=False)
     dm.setup()
     assert dm.num_classes == 3 and dm.input_shape == (3, 16, 16)
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 18

@@ -207,7 +207,7 @@ def test_data_imagefolder_reads_through_the_same_checked_loader(tmp_path):
     root = write_fake_imagenet(tmp_path / "flat", {"train": 3})
     bad = root / "train" / CLASSES[0] / "corrupt.png"
     bad.write_bytes(_truncated("PNG"))
-    dm = ImageFolderData(root=str(root), image_size=16, batch_size=16, num_workers=0)
+    dm = ImageFolderData(root=str(root), image_size=16, batch_size=16, num_workers=0, in_memory=False)
     with pytest.raises(UnreadableImage, match=re.escape(f"cannot read image {bad} (")) as e:
         next(iter(dm.train_dataloader()))
     one_line(e)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -63,6 +64,37 @@ def targets_of_base(dataset: Dataset) -> Tensor:
     if hasattr(dataset, "targets"):
         return torch.as_tensor(dataset.targets)
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+class InMemoryBatches:
+    """The batches of an in-memory split (``TensorBatches``), ``(x, y, index)``, sliced out of
+    tensors that live on the training device: no worker processes, no per-sample indexing, no
+    collation, no host-to-device copy per batch.
+
+    It draws from torch's global random generator exactly what a ``DataLoader(shuffle=...)``
+    without workers draws (the iterator's base seed, then the ``RandomSampler``'s seed, whose
+    own generator permutes the samples), so a seed gives the same batches in the same order as
+    the DataLoader it replaces, and every later random draw is the same too. Used for one process;
+    DDP keeps the DataLoader (its ``DistributedSampler`` shards the samples)."""
+
+    def __init__(self, dataset: TensorBatches, batch_size: int, shuffle: bool, device: torch.device | str = "cpu"):
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.x, self.y = dataset.x.to(device), dataset.y.to(device)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):  # a generator: nothing is drawn until the first batch is asked for
+        n, b, dev = len(self.y), self.batch_size, self.y.device
+        torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
+        if self.shuffle:  # RandomSampler: a seed from the global generator, a permutation from its own
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            for i in torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev).split(b):
+                yield self.x[i], self.y[i], i
+        else:
+            index = torch.arange(n, device=dev)
+            for s in range(0, n, b):
+                yield self.x[s : s + b], self.y[s : s + b], index[s : s + b]
 
 
 def keep_batch(batch):
@@ -180,12 +212,32 @@ class KDDataModule(pl.LightningDataModule):
         self.setup()
         return targets_of(self.train_set)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A batch served on ``device`` already (``InMemoryBatches``) as it is: Lightning's transfer
+        would walk it and copy nothing."""
+        if isinstance(batch, tuple) and all(not isinstance(t, Tensor) or t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(batch, train=training)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def device(self) -> torch.device:
+        """Where the batches are served: the training device when a one-process trainer runs this
+        module (in-memory splits are put there once), else the CPU."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def one_process(self) -> bool:
+        """Whether batches may be served by ``InMemoryBatches``: not under DDP (even of one process),
+        whose DistributedSampler orders the samples and splits them among the processes."""
+        return self.trainer is None or not isinstance(self.trainer.strategy, ParallelStrategy)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader | InMemoryBatches:
         batched = isinstance(dataset, TensorBatches)
+        if batched and self.num_workers == 0 and self.one_process():
+            return InMemoryBatches(dataset, batch_size, shuffle, self.device())
         if not batched and not isinstance(dataset, WithIndex):
             dataset = WithIndex(dataset)
         return DataLoader(

@@ -15,6 +15,7 @@ one, all after an optional ``log_prefix``. Subclasses say how a batch becomes lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -118,6 +119,15 @@ class DistillationModule(pl.LightningModule):
             metric.persistent(True)
         self.train_means, self.val_means = RunningMeans(), RunningMeans()
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets _current_fx_name around every hook it calls, tens of times a step; it is a
+        # plain string, which nn.Module's __setattr__ (checking for parameters, buffers, modules)
+        # would store in the same place, only slower
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # what a subclass says
     def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:
         raise NotImplementedError
@@ -195,17 +205,31 @@ class RunningMeans:
     collection on every call), which would dominate the step time of small models."""
 
     def __init__(self):
-        self.sums: dict[str, Tensor] = {}
+        self.keys: tuple[str, ...] = ()
+        self.sums: Tensor | None = None  # (len(keys),)
         self.count = 0
 
     def add(self, values: Mapping[str, Tensor], n: int) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach() * n
+        keys = tuple(values)
+        parts = [v.detach() for v in values.values()]
+        if any(v.dtype != parts[0].dtype for v in parts):
+            dtype = functools.reduce(torch.promote_types, (v.dtype for v in parts))
+            parts = [v.to(dtype) for v in parts]
+        step = torch.stack(parts) * n  # one add per step, not one per value
+        if self.sums is None:
+            self.keys, self.sums = keys, step
+        elif keys == self.keys:
+            self.sums += step
+        else:  # another set of names this step: fall back to a sum per name
+            merged = dict(zip(self.keys, self.sums.unbind()))
+            for k, v in zip(keys, step.unbind()):
+                merged[k] = merged.get(k, 0.0) + v
+            self.keys, self.sums = tuple(merged), torch.stack([torch.as_tensor(v) for v in merged.values()])
         self.count += n
 
     def pop(self) -> dict[str, Tensor]:
-        means = {k: s / max(self.count, 1) for k, s in self.sums.items()}
-        self.sums, self.count = {}, 0
+        means = {} if self.sums is None else dict(zip(self.keys, (self.sums / max(self.count, 1)).unbind()))
+        self.keys, self.sums, self.count = (), None, 0
         return means
 
 
