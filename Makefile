@@ -31,7 +31,7 @@ test-slow: install  ## the slow tests too
 reproduce: install  ## the MNIST-1D tables into docs/results.md, 3 seeds: paper baselines (kdlab vs the paper's code vs published) + distillation, ~9 min
 	$(BIN)/python -m kdlab.reproduce
 
-bench: install  ## training-step time, kdlab against a bare PyTorch loop (MNIST-1D, CIFAR-100 shapes) into docs/benchmarks.md, ~4 min
+bench: install  ## step time (kdlab vs a bare loop vs a peer-style loop), the teacher cache, the data pipelines, the MNIST-1D paper protocol into docs/benchmarks.md, ~9 min
 	$(BIN)/python -m kdlab.bench $(if $(DEVICE),--device $(DEVICE))
 
 reliability: install  ## kill -9 a 30-epoch run at random epochs, resume it, check it ends as the uninterrupted run into docs/reliability.md, ~3 min

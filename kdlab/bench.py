@@ -1,20 +1,31 @@
-"""`make bench`: training-step time of kdlab against a bare PyTorch loop, written to docs/benchmarks.md.
+"""`make bench`: training-step time of kdlab against a bare loop and a peer-style loop, the
+teacher-output cache, the data pipeline and the MNIST-1D paper protocol end to end, written to
+docs/benchmarks.md.
 
-For each case (a recipe from experiments/), two measurements of one optimisation step (teacher
-forward without gradients, student forward and backward, optimizer step):
+For each case (a recipe from experiments/), three measurements of one optimisation step (teacher
+forward without gradients, student forward and backward, optimizer step), each in a process of its
+own (its peak memory is that process's):
 
-- **bare**: a hand-written loop over tensors already in memory: the models, the loss
-  function and the optimizer of the recipe, nothing else (the floor);
+- **bare**: a hand-written loop over one batch already in memory and already augmented (MNIST-1D's
+  input noise is added in the loop, as a hand-written loop would): the models, the loss and the
+  optimizer of the recipe, nothing else (the floor);
 - **kdlab**: `kdlab-train experiments=<recipe>` itself, timed by a callback from one
-  `on_train_batch_start` to the next: data loading, the device transfer and augmentation,
-  the strategy, logging and Lightning all included.
+  `on_train_batch_start` to the next: the data module, augmentation, the strategy, logging and
+  Lightning all included;
+- **peer**: the loop the CRD / DKD reference code runs (RepDistiller train_distill, mdistiller's
+  trainer): a torch DataLoader with 2 worker processes doing the augmentation per sample
+  (torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize over
+  torchvision's CIFAR100 reading the same files; MNIST-1D: noise per sample), fp32, the live
+  teacher; timed from one batch to the next (waiting for the workers included).
 
 The teacher is a randomly initialised checkpoint (`teacher.checkpoint=...`), so nothing is
-trained first; CIFAR-100 recipes read fake CIFAR-100 written in the real on-disk format. Each
-case runs in its own process, which also gives its peak memory (max RSS on the CPU, peak
-allocated on a GPU).
+trained first; CIFAR-100 recipes read fake CIFAR-100 written in the real on-disk format.
+`kdlab.bench_cache` (the cache warm / cold / off against student-only), `kdlab.bench_data` (the
+pipelines) and `kdlab.bench_paper` (the MNIST-1D paper protocol, whole processes) add their
+sections in the same run.
 
-    python -m kdlab.bench                 # every case on the CPU, writes docs/benchmarks.md
+    python -m kdlab.bench                 # everything on the CPU, writes docs/benchmarks.md
+    python -m kdlab.bench --only step     # one section: step | cache | data | paper
     python -m kdlab.bench --device cuda   # on a GPU: trainer=gpu (bf16 autocast, channels_last)
 """
 
@@ -36,10 +47,10 @@ import lightning.pytorch as pl
 import torch
 from torch.nn import functional as F
 
-#: (recipe, batch size, timed steps); the CIFAR batch is the recipes' 64
+#: recipe -> (batch size, timed steps); the CIFAR batch is the recipes' 64
 CASES = {
-    "mnist1d/kd_cnn1d_mlp": (100, 60),
-    "mnist1d/dkd_cnn1d_mlp": (100, 60),
+    "mnist1d/kd_cnn1d_mlp": (100, 300),
+    "mnist1d/dkd_cnn1d_mlp": (100, 300),
     "cifar100/kd_resnet56_resnet20": (64, 8),
     "cifar100/dkd_resnet32x4_resnet8x4": (64, 8),
     "cifar100/at_resnet32x4_resnet8x4": (64, 8),
@@ -53,8 +64,9 @@ def compose(recipe: str, overrides: list[str]):
     return compose_config([f"experiments={recipe}", *overrides])[0]
 
 
-def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
-    """Median seconds of one hand-written training step for the recipe in ``cfg``."""
+def hand_step(cfg, device: str):
+    """(step(x, y), data module) of the recipe in ``cfg`` written out by hand: the recipe's teacher,
+    student, optimizer and loss terms (CE, KD, DKD, AT), one update per call."""
     from hydra.utils import instantiate
 
     from kdlab.losses import at_loss, dkd_loss, kd_loss
@@ -72,12 +84,9 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
         at.select_taps(student, teacher)
         pairs = list(zip(at.student_taps, at.teacher_taps))
         taps = (FeatureTaps(student, at.student_taps), FeatureTaps(teacher, at.teacher_taps))
-    x = torch.randn(batch, *shape, device=device)
-    y = torch.randint(0, classes, (batch,), device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    times = []
-    for i in range(WARMUP + steps):
-        start = time.perf_counter()
+
+    def step(x, y) -> None:
         with amp:
             with torch.no_grad():
                 t_logits = teacher(x)
@@ -96,9 +105,98 @@ def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
+
+    return step, data
+
+
+def bare_step_s(cfg, batch: int, steps: int, device: str) -> float:
+    """Median seconds of one hand-written training step for the recipe in ``cfg`` on one batch in memory."""
+    step, data = hand_step(cfg, device)
+    x = torch.randn(batch, *data.input_shape, device=device)
+    y = torch.randint(0, data.num_classes, (batch,), device=device)
+    noise = float(cfg.data.get("noise_std") or 0.0)  # MNIST-1D's augmentation, as a hand-written loop adds it
+    times = []
+    for i in range(WARMUP + steps):
+        start = time.perf_counter()
+        step(x + noise * torch.randn_like(x) if noise else x, y)
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class NoisySamples(torch.utils.data.Dataset):
+    """MNIST-1D samples with Gaussian noise added per sample in the worker (the peer-style pipeline)."""
+
+    def __init__(self, x, y, noise_std: float):
+        self.x, self.y, self.noise_std = x, y, noise_std
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        x = self.x[i]
+        return (x + self.noise_std * torch.randn_like(x) if self.noise_std else x), self.y[i]
+
+
+def peer_loader(cfg, batch: int, workers: int = 2, device: str = "cpu"):
+    """The training DataLoader of the CRD / DKD reference code for the recipe's data: torchvision's
+    CIFAR100 over the same files with per-sample RandomCrop(32, padding=4), RandomHorizontalFlip,
+    ToTensor, Normalize (RepDistiller dataset/cifar100.py); MNIST-1D: its tensors, noise per sample.
+    ``workers`` processes, shuffled, pinned memory on a GPU."""
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    data = instantiate(cfg.data)
+    if cfg.data._target_.endswith("CIFAR"):
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        from kdlab.data.cifar import MEAN, STD
+
+        transform = T.Compose(
+            [
+                T.RandomCrop(32, padding=4),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(MEAN[data.classes], STD[data.classes]),
+            ]
+        )
+
+        class Unverified(datasets.CIFAR100 if data.classes == 100 else datasets.CIFAR10):
+            def _check_integrity(self) -> bool:  # the real files' md5 sums: not those of fake files
+                return True
+
+            def _load_meta(self) -> None:  # class names only (md5-checked by torchvision); not needed here
+                self.classes = [str(i) for i in range(data.classes)]
+
+        dataset = Unverified(str(data.root), train=True, transform=transform, download=False)
+    else:
+        data.setup()
+        dataset = NoisySamples(data.train_set.x, data.train_set.y, float(cfg.data.get("noise_std") or 0.0))
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+def peer_step_s(cfg, batch: int, steps: int, device: str) -> tuple[float, dict]:
+    """Median seconds from one training batch to the next of the peer-style loop (``peer_loader``,
+    fp32, the live teacher), epochs chained until ``steps`` are timed; and the peak memory."""
+    step, _ = hand_step(cfg, device)
+    loader = peer_loader(cfg, batch, device=device)
+    starts = []
+    while len(starts) < WARMUP + steps + 1:
+        for x, y in loader:
+            starts.append(time.perf_counter())
+            if len(starts) > WARMUP + steps:
+                break
+            step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    memory = peak_memory(device, loader)
+    return statistics.median(b - a for a, b in zip(starts[WARMUP:], starts[WARMUP + 1 :])), memory
 
 
 class StepTimer(pl.Callback):
@@ -113,17 +211,24 @@ class StepTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
 
-def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out: Path) -> tuple[float, dict]:
+def kdlab_step_s(
+    recipe: str, overrides: list[str], steps: int, device: str, out: Path, epochs: bool = False
+) -> tuple[float, dict]:
     """(median seconds between consecutive training steps, results.json) of one short kdlab-train
-    run of ``recipe``."""
+    run of ``recipe``: one epoch of at most ``steps`` timed steps, or with ``epochs`` as many epochs
+    as it takes (the gaps across an epoch's end, validation included, are a few among many)."""
     from kdlab.train import run
 
+    length = (
+        ["trainer.max_epochs=100000", f"+trainer.max_steps={WARMUP + steps + 1}"]
+        if epochs
+        else ["trainer.max_epochs=1", f"+trainer.limit_train_batches={WARMUP + steps + 1}"]
+    )
     cfg = compose(
         recipe,
         [
             *overrides,
-            "trainer.max_epochs=1",
-            f"+trainer.limit_train_batches={WARMUP + steps + 1}",
+            *length,
             "+trainer.limit_val_batches=1",
             "logger=none",
             "trainer.enable_progress_bar=false",
@@ -134,8 +239,31 @@ def kdlab_step_s(recipe: str, overrides: list[str], steps: int, device: str, out
     return statistics.median(b - a for a, b in zip(timer.starts[WARMUP:], timer.starts[WARMUP + 1 :])), results
 
 
-def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> dict:
-    """Both measurements for one recipe (run in a fresh process by ``main``)."""
+MODES = ("bare", "kdlab", "peer")
+
+
+def peak_memory(device: str, loader=None) -> dict:
+    """Peak memory so far in MiB: CUDA's peak allocation on a GPU, else this process's max RSS; and
+    the sum of the peak RSS of ``loader``'s live worker processes (pages they share with this
+    process, which forked them, counted in each), None without workers."""
+    if device == "cuda":
+        own = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**20
+    peaks = []
+    for worker in getattr(getattr(loader, "_iterator", None), "_workers", None) or []:
+        try:
+            status = Path(f"/proc/{worker.pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
+    return {"peak_mib": own, "worker_mib": sum(peaks) or None}
+
+
+def one_case(recipe: str, mode: str, device: str, work: Path, steps: int | None = None) -> dict:
+    """One measurement (``mode``: bare | kdlab | peer) of one recipe, in a fresh process (``main``)."""
+    from hydra.utils import instantiate
+
     from kdlab.models import create_model
     from kdlab.models.checkpoint import save_weights
 
@@ -144,6 +272,7 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
         f"data.batch_size={batch}",
         "trainer=gpu" if device == "cuda" else "trainer=cpu",
         "measure_speed=false",
+        "teacher_cache.mode=off",  # the live teacher in all three (the cache has its own section)
     ]
     if recipe.startswith("cifar100/"):
         from kdlab.data.cifar import write_fake_cifar
@@ -154,8 +283,6 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
         overrides.append(f"data.root={root}")
     cfg = compose(recipe, overrides)
     torch.manual_seed(0)
-    from hydra.utils import instantiate
-
     data = instantiate(cfg.data)
     teacher = create_model(cfg.teacher.arch, data.num_classes, tuple(data.input_shape))
     ckpt = save_weights(
@@ -164,22 +291,22 @@ def one_case(recipe: str, device: str, work: Path, steps: int | None = None) -> 
     overrides.append(f"teacher.checkpoint={ckpt}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    bare = bare_step_s(compose(recipe, overrides), batch, steps, device)
-    kdlab, _ = kdlab_step_s(recipe, overrides, steps, device, work / "run")
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    memory = None
+    if mode == "bare":
+        seconds = bare_step_s(compose(recipe, overrides), batch, steps, device)
+    elif mode == "peer":
+        seconds, memory = peer_step_s(compose(recipe, overrides), batch, steps, device)
+    else:
+        seconds, _ = kdlab_step_s(recipe, overrides, steps, device, work / "run", epochs=True)
     return {
         "recipe": recipe,
+        "mode": mode,
         "teacher": cfg.teacher.arch,
         "student": cfg.student.arch,
         "batch": batch,
         "steps": steps,
-        "bare_ms": 1e3 * bare,
-        "kdlab_ms": 1e3 * kdlab,
-        "peak_mib": peak / 2**20,
+        "ms": 1e3 * seconds,
+        **(memory or peak_memory(device)),
     }
 
 
@@ -199,83 +326,120 @@ def machine(device: str) -> str:
 
 
 def report(rows: list[dict], device: str, wall_s: float) -> str:
+    """The step table from ``rows`` (one per recipe: ``{mode: measurement}``)."""
     lines = [
         f"## Training step, {device.upper()} ({time.strftime('%Y-%m-%d')})",
         "",
         f"Machine: {machine(device)}. Written by `make bench` (`python -m kdlab.bench --device {device}`) in "
-        f"{wall_s:.0f} s. Median of the timed steps after {WARMUP} warm-up steps; random teacher weights; "
-        "CIFAR-100 recipes on fake CIFAR-100 files; peak memory is the process's "
-        + ("peak CUDA allocation." if device == "cuda" else "max RSS (both measurements)."),
+        f"{wall_s:.0f} s. Each measurement in a process of its own; median step after {WARMUP} warm-up steps; "
+        "random teacher weights, the live teacher (no teacher-output cache) in all three; CIFAR-100 recipes on "
+        "fake CIFAR-100 files. Bare: one batch in memory, the step written by hand; kdlab: `kdlab-train`; peer: "
+        "the CRD / DKD reference code's loop (DataLoader with 2 workers augmenting per sample). Peak memory: "
+        + (
+            "peak CUDA allocation."
+            if device == "cuda"
+            else "the process's max RSS (peer: + the sum of its 2 workers' peak RSS, pages shared with the main "
+            "process counted in each)."
+        ),
         "",
-        "| recipe | teacher -> student | batch | timed steps | bare loop (ms/step) | kdlab-train (ms/step) "
-        "| kdlab / bare | images/s (kdlab) | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | teacher -> student | batch | timed steps | bare (ms/step) | kdlab-train (ms/step) | peer-style "
+        "(ms/step) | kdlab / bare | peer / kdlab | peak MiB: bare / kdlab / peer (+ workers) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        b, k, p = r["bare"], r["kdlab"], r["peer"]
+        worker = f" (+{p['worker_mib']:.0f})" if p.get("worker_mib") else ""
         lines.append(
-            f"| {r['recipe']} | {r['teacher']} -> {r['student']} | {r['batch']} | {r['steps']} | "
-            f"{r['bare_ms']:.1f} | {r['kdlab_ms']:.1f} | {r['kdlab_ms'] / r['bare_ms']:.2f} | "
-            f"{1e3 * r['batch'] / r['kdlab_ms']:.0f} | {r['peak_mib']:.0f} |"
+            f"| {k['recipe']} | {k['teacher']} -> {k['student']} | {k['batch']} | {k['steps']} | "
+            f"{b['ms']:.1f} | {k['ms']:.1f} | {p['ms']:.1f} | {k['ms'] / b['ms']:.2f} | {p['ms'] / k['ms']:.2f} | "
+            f"{b['peak_mib']:.0f} / {k['peak_mib']:.0f} / {p['peak_mib']:.0f}{worker} |"
         )
     return "\n".join(lines) + "\n"
 
 
 HEADER = """# Benchmarks
 
-`make bench` measures one training step of kdlab-train against a bare PyTorch loop doing the
-same arithmetic (see `kdlab/bench.py`) and replaces the section for its device below.
-The bare loop has no data loading, augmentation, metrics or logging: the gap between the
-two columns is everything kdlab and Lightning add, data pipeline included.
+`make bench` measures, side by side in one run (see `kdlab/bench.py`): one training step of
+kdlab-train against a bare PyTorch loop doing the same arithmetic and against the loop of the
+CRD / DKD reference code; the teacher-output cache warm, cold and off against student-only
+training; the data pipelines; and the MNIST-1D paper protocol end to end. It replaces its own
+sections below (one per device).
 """
 
 
 def write_section(doc: Path, device: str, section: str) -> None:
-    """Replace this device's section of ``doc`` (keeping the others), or add it."""
+    """Replace the section of ``doc`` that has ``section``'s title up to its device (keeping the
+    others), or add it."""
     text = doc.read_text() if doc.exists() else HEADER
-    head = f"## Training step, {device.upper()} "
+    title = section.splitlines()[0]
+    head = title[: title.index(device.upper()) + len(device)] + " " if device.upper() in title else title
     parts = text.split("\n## ")
     kept = [p for p in parts[1:] if not ("## " + p).startswith(head)]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n## ".join([parts[0].rstrip() + "\n", *[p.rstrip() + "\n" for p in kept], section[3:]]))
 
 
+def in_process(module: str, args: list[str], env: dict) -> dict:
+    """Run ``python -m <module> <args>`` and return the JSON it prints after ``BENCH``; one line if it fails."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"kdlab.bench: {module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[6:])
+
+
+SECTIONS = ("step", "cache", "data", "paper")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m kdlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS), help="sections to measure")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="recipes to time (default: all)")
     parser.add_argument("--steps", type=int, help="timed steps per case (default: each case's own)")
     parser.add_argument("--doc", default="docs/benchmarks.md")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process, JSON out
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one measurement in this process, JSON out
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("kdlab.bench: --device cuda, but torch sees no GPU; run it on a GPU machine or drop --device")
     if args.case:
         with tempfile.TemporaryDirectory() as work:
-            print("BENCH " + json.dumps(one_case(args.case, args.device, Path(work), args.steps)), flush=True)
+            print(
+                "BENCH " + json.dumps(one_case(args.case, args.mode, args.device, Path(work), args.steps)), flush=True
+            )
         return
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         raise SystemExit(f"kdlab.bench: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
-    start, rows = time.perf_counter(), []
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "disabled"}
-    for recipe in args.cases:
-        cmd = [sys.executable, "-m", "kdlab.bench", "--case", recipe, "--device", args.device]
-        proc = subprocess.run(
-            cmd + (["--steps", str(args.steps)] if args.steps else []), env=env, capture_output=True, text=True
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"kdlab.bench: {recipe} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(line[6:]))
-        r = rows[-1]
-        print(
-            f"{recipe}: bare {r['bare_ms']:.1f} ms, kdlab {r['kdlab_ms']:.1f} ms, peak {r['peak_mib']:.0f} MiB",
-            flush=True,
-        )
-    section = report(rows, args.device, time.perf_counter() - start)
-    write_section(Path(args.doc), args.device, section)
-    print(section + f"written: {args.doc}")
+    doc = Path(args.doc)
+    if "step" in args.only:
+        start, rows = time.perf_counter(), []
+        for recipe in args.cases:
+            row = {}
+            for mode in MODES:
+                more = ["--steps", str(args.steps)] if args.steps else []
+                row[mode] = in_process(
+                    "kdlab.bench", ["--case", recipe, "--mode", mode, "--device", args.device, *more], env
+                )
+            rows.append(row)
+            print(f"{recipe}: " + ", ".join(f"{m} {row[m]['ms']:.1f} ms" for m in MODES), flush=True)
+        write_section(doc, args.device, report(rows, args.device, time.perf_counter() - start))
+    if "cache" in args.only and args.device == "cpu":
+        from kdlab import bench_cache
+
+        write_section(doc, "cpu", bench_cache.run_all(env))
+    if "data" in args.only:
+        from kdlab import bench_data
+
+        write_section(doc, args.device, bench_data.run_all(args.device, env))
+    if "paper" in args.only and args.device == "cpu":
+        from kdlab import bench_paper
+
+        write_section(doc, "cpu", bench_paper.run_all(env))
+    print(f"written: {doc}")
 
 
 if __name__ == "__main__":

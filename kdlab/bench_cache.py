@@ -14,6 +14,7 @@ Then the eager fill (``kdlab-cache-teacher``) of the case's training set, every 
 sample (CIFAR: a subset of the images, 162 views each): rows per second and the store's size.
 
     python -m kdlab.bench_cache            # the CPU, prints the section for docs/benchmarks.md
+    python -m kdlab.bench --only cache     # the same, written into docs/benchmarks.md (part of make bench)
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +95,10 @@ def one_case(recipe: str, work: Path, rounds: int | None = None) -> dict:
     cache = fill_config([f"experiments={recipe}", *eager])
     eager_s = time.perf_counter() - start
     report = cache.report()
+    from kdlab.bench import peak_memory
+
     return {
+        "peak_mib": peak_memory("cpu")["peak_mib"],
         "recipe": recipe,
         "teacher": cfg.teacher.arch,
         "student": cfg.student.arch,
@@ -124,25 +126,30 @@ def report(rows: list[dict], wall_s: float) -> str:
     lines = [
         f"## Teacher-output cache, CPU ({time.strftime('%Y-%m-%d')})",
         "",
-        f"Machine: {machine('cpu')}. Written by `python -m kdlab.bench_cache` in {wall_s:.0f} s: rounds of four "
-        f"kdlab-train runs (one epoch each, the same seed; {' / '.join(str(r['rounds']) for r in rows)} rounds for "
-        f"the rows in order), the median step (gap between consecutive training batches after {WARMUP} warm-up "
-        "steps) of each run, then the median over rounds. Random teacher weights; CIFAR-100 on fake files in "
-        "the real on-disk format (162 views per image); MNIST-1D without input noise (`data.noise_std=0`: "
-        "with noise no input repeats and the cache is off). Cold: a new, empty cache (every row computed and "
-        "written); warm: the same seed again on it (hit rate 100%). The machine is shared with other jobs: "
-        "treat differences under about 15% as noise.",
+        f"Machine: {machine('cpu')}. Written by `make bench` (`python -m kdlab.bench --only cache`) in "
+        f"{wall_s:.0f} s: rounds of four kdlab-train runs (one epoch each, the same seed; "
+        f"{' / '.join(str(r['rounds']) for r in rows)} rounds for the rows in order), the median step (gap between "
+        f"consecutive training batches after {WARMUP} warm-up steps) of each run, then the median over rounds "
+        "(in brackets: the range over rounds). Random teacher weights; CIFAR-100 on fake files in the real "
+        "on-disk format (162 views per image); MNIST-1D without input noise (`data.noise_std=0`: with noise no "
+        "input repeats and the cache is off). Cold: a new, empty cache (every row computed and written); warm: "
+        "the same seed again on it (hit rate 100%).",
         "",
         "| recipe | teacher -> student | batch | student only (ms/step) | KD, live teacher | KD, cache cold "
-        "| KD, cache warm | warm / student only | live / student only |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| KD, cache warm | warm / student only | live / student only | peak MiB (the case's process) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["step_ms"]
+
+        def cell(mode: str, r=r, m=m) -> str:
+            every = r["step_ms_all"][mode]
+            return f"{m[mode]:.{1 if m[mode] < 100 else 0}f} ({min(every):.{2 if m[mode] < 100 else 0}f}-{max(every):.{2 if m[mode] < 100 else 0}f})"
+
         lines.append(
-            f"| {r['recipe']} | {r['teacher']} -> {r['student']} | {r['batch']} | {m['student']:.1f} | "
-            f"{m['live']:.1f} | {m['cold']:.1f} | {m['warm']:.1f} | {m['warm'] / m['student']:.2f} | "
-            f"{m['live'] / m['student']:.2f} |"
+            f"| {r['recipe']} | {r['teacher']} -> {r['student']} | {r['batch']} | {cell('student')} | "
+            f"{cell('live')} | {cell('cold')} | {cell('warm')} | {m['warm'] / m['student']:.2f} | "
+            f"{m['live'] / m['student']:.2f} | {r['peak_mib']:.0f} |"
         )
     lines += [
         "",
@@ -165,6 +172,21 @@ def report(rows: list[dict], wall_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_all(env: dict, cases: list[str] | None = None, rounds: int | None = None, json_out: str | None = None) -> str:
+    """Every case, each in a process of its own; returns the section for docs/benchmarks.md."""
+    from kdlab.bench import in_process
+
+    start, rows = time.perf_counter(), []
+    for recipe in cases or list(CASES):
+        rows.append(
+            in_process("kdlab.bench_cache", ["--case", recipe, *(["--rounds", str(rounds)] if rounds else [])], env)
+        )
+        print(f"{recipe}: {rows[-1]['step_ms']}", flush=True)
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=1) + "\n")
+    return report(rows, time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m kdlab.bench_cache", description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES))
@@ -177,20 +199,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             print("BENCH " + json.dumps(one_case(args.case, Path(work), args.rounds)), flush=True)
         return
-    start, rows = time.perf_counter(), []
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WANDB_MODE": "disabled"}
-    for recipe in args.cases:
-        cmd = [sys.executable, "-m", "kdlab.bench_cache", "--case", recipe]
-        cmd += ["--rounds", str(args.rounds)] if args.rounds else []
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"kdlab.bench_cache: {recipe} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(line[6:]))
-        print(f"{recipe}: {rows[-1]['step_ms']}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    print(report(rows, time.perf_counter() - start))
+    print(run_all(env, args.cases, args.rounds, args.json))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.report.compare import find_results, fmt, mean_std
-
 SEEDS = "0,1,2"
 BASELINES = [  # (label, experiment, the paper code's model, published test accuracy)
     ("logistic regression", "mnist1d/paper_logistic", "logistic", 0.32),
@@ -220,10 +218,14 @@ def run_row(name: str, out: Path, env: dict) -> float:
 
 def pct(accuracies: list[float]) -> str:
     """Mean ± std in percent, as kdlab-compare prints an accuracy column."""
+    from kdlab.report.compare import fmt, mean_std  # not needed by --paper-code
+
     return fmt("test_acc", *mean_std(accuracies))
 
 
 def row_results(out: Path, name: str) -> list[dict]:
+    from kdlab.report.compare import find_results  # not needed by --paper-code
+
     return find_results([out / name.replace("/", "_")])[0]
 
 
@@ -232,6 +234,8 @@ def points(a: float | None, b: float | None) -> str:
 
 
 def report(out: Path, wall_s: float, row_s: dict[str, float]) -> str:
+    from kdlab.report.compare import mean_std  # not needed by --paper-code
+
     lines = [
         "# MNIST-1D reproduction",
         "",

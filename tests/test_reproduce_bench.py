@@ -94,7 +94,8 @@ def test_bench_section_replaces_only_its_device(tmp_path):
 def test_bench_times_a_recipe(tmp_path):
     doc = tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "kdlab.bench", "--cases", "mnist1d/kd_cnn1d_mlp", "--steps", "4", "--doc", str(doc)],
+        [sys.executable, "-m", "kdlab.bench", "--only", "step", "--cases", "mnist1d/kd_cnn1d_mlp", "--steps", "4"]
+        + ["--doc", str(doc)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -103,9 +104,34 @@ def test_bench_times_a_recipe(tmp_path):
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| mnist1d/kd_cnn1d_mlp"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "cnn1d -> mlp" and cells[2:4] == ["100", "4"]
-    bare, kdlab, ratio = float(cells[4]), float(cells[5]), float(cells[6])
-    # the ratio is computed from unrounded times; the ms cells are rounded to 0.1
-    assert bare > 0 and kdlab > 0 and ratio == pytest.approx(kdlab / bare, rel=0.1)
+    bare, kdlab, peer, ratio, peer_ratio = (float(c) for c in cells[4:9])
+    # the ratios are computed from unrounded times; the ms cells are rounded to 0.1
+    assert bare > 0 and kdlab > 0 and peer > 0
+    assert ratio == pytest.approx(kdlab / bare, rel=0.1) and peer_ratio == pytest.approx(peer / kdlab, rel=0.1)
+    bare_mib, kdlab_mib, peer_mib = (float(v.split("(")[0]) for v in cells[9].split(" / "))
+    assert min(bare_mib, kdlab_mib, peer_mib) > 100 and "(+" in cells[9]  # the peer loop's 2 workers
+
+
+def test_bench_writes_each_section_in_its_place(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    for title in ("Training step, CPU (1)", "Data pipeline, CPU (1)", "Training step, CUDA (1)"):
+        bench.write_section(doc, title.split(", ")[1].split()[0].lower(), f"## {title}\n\nstale\n")
+    bench.write_section(doc, "cpu", "## Data pipeline, CPU (2)\n\nnew\n")
+    text = doc.read_text()
+    assert text.count("## Data pipeline, CPU") == 1 and "## Data pipeline, CPU (2)" in text
+    assert text.count("## Training step") == 2 and text.count("stale") == 2
+
+
+def test_the_data_pipeline_benchmark_times_kdlab_and_a_dataloader(tmp_path):
+    from kdlab import bench_data
+
+    rows = [bench_data.one("mnist1d", pipeline, "cpu", tmp_path) for pipeline in ("kdlab", "workers2")]
+    assert rows[0]["batches"] == rows[1]["batches"] == 10 * 36  # 10 epochs of 3,600 samples in batches of 100
+    assert rows[0]["worker_mib"] is None and rows[1]["worker_mib"] > 0
+    table = bench_data.report(rows, "cpu", 1.0)
+    kdlab_row = next(line for line in table.splitlines() if "| kdlab" in line)
+    ratio = float(kdlab_row.split("|")[6])
+    assert ratio == pytest.approx(rows[0]["batches_per_s"] / rows[1]["batches_per_s"], rel=0.06)
 
 
 def test_bench_rejects_an_unknown_case():
