@@ -201,6 +201,12 @@ def arguments(target: Callable) -> tuple[dict[str, Any], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+#: Arguments some classes share, and which classes take them (a term's modifier such as
+#: ``standardize``): named when one is given to a class that does not take it. Filled by the
+#: modules that define them.
+ARGUMENT_HINTS: dict[str, str] = {}
+
+
 def check_arguments(target: Callable, values: Mapping, where: str) -> None:
     """Every value of a ``_target_`` node (or of a call) against its argument's declared type."""
     named, open_ = arguments(target)
@@ -210,8 +216,10 @@ def check_arguments(target: Callable, values: Mapping, where: str) -> None:
         if key not in named:
             if open_:
                 continue
+            hint = ARGUMENT_HINTS.get(key)
             raise KdlabError(
-                f"{where}.{key}: {target.__qualname__} takes no argument '{key}'{did_you_mean(key, named)}"
+                f"{where}.{key}: {target.__qualname__} takes no argument '{key}'"
+                + (f"; {key} is an option of {hint}" if hint else did_you_mean(key, named))
             )
         check(f"{where}.{key}", value, named[key])
 

@@ -768,6 +768,10 @@ def resolved(dataset: str, name: str) -> DictConfig:
     return compose([f"experiments={dataset}/{name}"])[0]
 
 
+#: Term options that modify a method and are off unless a recipe says so: shown only when on.
+MODIFIERS = ("standardize",)
+
+
 def row(name: str, cfg: DictConfig) -> dict[str, str]:
     """One recipe's columns. A teacher row (``task: teacher``) reports the teacher's own
     optimizer, epochs and batch; any other row the student's, and the method's terms."""
@@ -778,7 +782,7 @@ def row(name: str, cfg: DictConfig) -> dict[str, str]:
         f"{term}.{key}={value}"
         for term, args in cfg.method.terms.items()
         for key, value in args.items()
-        if not key.startswith("_") and value is not None
+        if not key.startswith("_") and value is not None and not (key in MODIFIERS and value is False)
     ]
     published = cfg.get("published") or {}
 

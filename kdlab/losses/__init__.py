@@ -17,10 +17,18 @@ from kdlab.losses.feature import (
     vid_loss,
 )
 from kdlab.losses.relation import cc_kernel_loss, cc_loss, crd_loss, pkt_loss, rkd_loss, sp_loss
-from kdlab.losses.response import dist_loss, dkd_loss, kd_loss, mse_logits_loss, tf_kd_loss
+from kdlab.losses.response import (
+    dist_loss,
+    dkd_loss,
+    kd_loss,
+    mse_logits_loss,
+    standardize_logits,
+    tf_kd_loss,
+)
 
 __all__ = [
     "kd_loss",
+    "standardize_logits",
     "mse_logits_loss",
     "dkd_loss",
     "dist_loss",

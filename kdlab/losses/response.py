@@ -7,6 +7,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit Standardization in Knowledge Distillation (Sun, Ren, Li, Wang & Cao, CVPR 2024).
+
+    The Z-score of each row of logits, ``(z - mean(z)) / (eps + std(z))``, before the temperature
+    divides them: teacher and student then match relations between logits, not their range. As
+    the authors' code (logit-standardization-KD, mdistiller/distillers/KD.py ``normalize``): the
+    standard deviation is the unbiased one (n - 1) and ``eps = 1e-7`` is added to it, not under a
+    square root; the temperature applied afterwards is the paper's base temperature.
+    """
+    mean = logits.mean(dim=-1, keepdim=True)  # (b, 1)
+    std = logits.std(dim=-1, keepdim=True)  # (b, 1), unbiased
+    return (logits - mean) / (eps + std)  # (b, c)
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Distilling the Knowledge in a Neural Network (Hinton, Vinyals & Dean, 2015).
 
