@@ -325,6 +325,11 @@ def machine(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
+def memory_cell(m: dict) -> str:
+    """A measurement's peak MiB, and its workers' (``peak_memory``) in brackets when it had any."""
+    return f"{m['peak_mib']:.0f}" + (f" (+{m['worker_mib']:.0f})" if m.get("worker_mib") else "")
+
+
 def report(rows: list[dict], device: str, wall_s: float) -> str:
     """The step table from ``rows`` (one per recipe: ``{mode: measurement}``)."""
     lines = [
@@ -348,11 +353,10 @@ def report(rows: list[dict], device: str, wall_s: float) -> str:
     ]
     for r in rows:
         b, k, p = r["bare"], r["kdlab"], r["peer"]
-        worker = f" (+{p['worker_mib']:.0f})" if p.get("worker_mib") else ""
         lines.append(
             f"| {k['recipe']} | {k['teacher']} -> {k['student']} | {k['batch']} | {k['steps']} | "
             f"{b['ms']:.1f} | {k['ms']:.1f} | {p['ms']:.1f} | {k['ms'] / b['ms']:.2f} | {p['ms'] / k['ms']:.2f} | "
-            f"{b['peak_mib']:.0f} / {k['peak_mib']:.0f} / {p['peak_mib']:.0f}{worker} |"
+            f"{b['peak_mib']:.0f} / {k['peak_mib']:.0f} / {memory_cell(p)} |"
         )
     return "\n".join(lines) + "\n"
 

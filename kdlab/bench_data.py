@@ -92,7 +92,7 @@ def one(dataset: str, pipeline: str, device: str, work: Path) -> dict:
 
 
 def report(rows: list[dict], device: str, wall_s: float) -> str:
-    from kdlab.bench import machine
+    from kdlab.bench import machine, memory_cell
 
     names = {
         "kdlab": "kdlab (in memory on the device, batch augmentation)",
@@ -114,11 +114,10 @@ def report(rows: list[dict], device: str, wall_s: float) -> str:
     ]
     for r in rows:
         ref = next(q for q in rows if q["dataset"] == r["dataset"] and q["pipeline"] == "workers2")
-        worker = f" (+{r['worker_mib']:.0f})" if r.get("worker_mib") else ""
         lines.append(
             f"| {r['dataset']} | {r['batch']} | {names[r['pipeline']]} | {r['batches_per_s']:.0f} | "
             f"{r['batches_per_s'] * r['batch']:.0f} | {r['batches_per_s'] / ref['batches_per_s']:.1f} | "
-            f"{r['first_batch_s']:.2f} | {r['peak_mib']:.0f}{worker} |"
+            f"{r['first_batch_s']:.2f} | {memory_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
 
