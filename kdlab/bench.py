@@ -138,15 +138,16 @@ class NoisySamples(torch.utils.data.Dataset):
         return (x + self.noise_std * torch.randn_like(x) if self.noise_std else x), self.y[i]
 
 
-def peer_loader(cfg, batch: int, workers: int = 2, device: str = "cpu"):
+def peer_loader(cfg, batch: int, workers: int = 2, device: str = "cpu", data=None):
     """The training DataLoader of the CRD / DKD reference code for the recipe's data: torchvision's
     CIFAR100 over the same files with per-sample RandomCrop(32, padding=4), RandomHorizontalFlip,
     ToTensor, Normalize (RepDistiller dataset/cifar100.py); MNIST-1D: its tensors, noise per sample.
-    ``workers`` processes, shuffled, pinned memory on a GPU."""
+    ``workers`` processes, shuffled, pinned memory on a GPU. ``data``: the recipe's data module, if
+    built already."""
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
-    data = instantiate(cfg.data)
+    data = data if data is not None else instantiate(cfg.data)
     if cfg.data._target_.endswith("CIFAR"):
         from torchvision import datasets
         from torchvision import transforms as T
@@ -186,8 +187,8 @@ def peer_loader(cfg, batch: int, workers: int = 2, device: str = "cpu"):
 def peer_step_s(cfg, batch: int, steps: int, device: str) -> tuple[float, dict]:
     """Median seconds from one training batch to the next of the peer-style loop (``peer_loader``,
     fp32, the live teacher), epochs chained until ``steps`` are timed; and the peak memory."""
-    step, _ = hand_step(cfg, device)
-    loader = peer_loader(cfg, batch, device=device)
+    step, data = hand_step(cfg, device)
+    loader = peer_loader(cfg, batch, device=device, data=data)
     starts = []
     while len(starts) < WARMUP + steps + 1:
         for x, y in loader:

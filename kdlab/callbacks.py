@@ -61,7 +61,7 @@ class CompileModels(pl.Callback):
             roles += [("teacher", getattr(pl_module, "teacher", None))]
         for role, module in roles:
             if isinstance(module, nn.Module) and id(module) not in self.done:
-                compile_or_eager(module, role, None if self.mode == "default" else self.mode)
+                compile_or_eager(module, role, self.mode)
                 self.done.add(id(module))
 
 

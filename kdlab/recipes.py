@@ -402,6 +402,12 @@ def distill_file(method: str, teacher: str, student: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_text(head: list[str], source: str, protocol: str) -> str:
+    """A baseline recipe file: ``head`` (comments and defaults), then where its published number comes from."""
+    lines = ["# @package _global_", *head, "published:", f"  source: {quote(source)}", f"  protocol: {quote(protocol)}"]
+    return "\n".join(lines) + "\n"
+
+
 def baseline_file(role: str, arch: str) -> str:
     value, tables = baselines(role)[arch]
     source = f"CRD README (HobbitLong/RepDistiller README.md), CIFAR-100 table{'s' if len(tables) > 1 else ''} "
@@ -422,14 +428,7 @@ def baseline_file(role: str, arch: str) -> str:
             "  - /benchmark/crd_cifar100/baseline",
             f"  - override /student: {arch}",
         ]
-    lines = [
-        "# @package _global_",
-        *head,
-        "published:",
-        f"  source: {quote(source)}",
-        f"  protocol: {quote(CRD_PROTOCOL)}",
-    ]
-    return "\n".join(lines) + "\n"
+    return baseline_text(head, source, CRD_PROTOCOL)
 
 
 def cifar100_files() -> dict[str, str]:
@@ -711,14 +710,7 @@ def imagenet_baseline_file(role: str, preset: str) -> str:
             "  - /benchmark/imagenet/baseline",
             f"  - override /student: {preset}",
         ]
-    lines = [
-        "# @package _global_",
-        *head,
-        "published:",
-        f"  source: {quote(source)}",
-        f"  protocol: {quote(IMAGENET_BASELINE_PROTOCOL[role])}",
-    ]
-    return "\n".join(lines) + "\n"
+    return baseline_text(head, source, IMAGENET_BASELINE_PROTOCOL[role])
 
 
 def imagenet_files() -> dict[str, str]:

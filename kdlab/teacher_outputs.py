@@ -325,7 +325,6 @@ class TeacherOutputs:
         # and read by indexing there: no host round trip, no numpy, per step
         self.resident: Tensor | None = None
         self.filled_known = 0  # rows known to be filled (at opening, plus those written since)
-        self.store_opened_now = False
 
     @classmethod
     def off(cls, reason: str, mode: str = "auto", dtype: str = "fp16", announce: bool = True) -> TeacherOutputs:
@@ -368,7 +367,7 @@ class TeacherOutputs:
                 self.store = Store.open(
                     self.root, name, key, self.samples * self.views, self.classes, DTYPES[self.dtype]
                 )
-                self.store_opened_now = True
+                self.filled_known = self.store.filled_rows()
             except OSError as e:
                 self.disable(f"cannot use {self.root} ({type(e).__name__}: {e.strerror or e})")
         return self.store
@@ -397,7 +396,9 @@ class TeacherOutputs:
                     + (" (|z| > 65504); teacher_cache.dtype=fp32 stores them" if self.dtype == "fp16" else "")
                 )
             self.rows_unstorable += int((~ok).sum())
-        self.rows_written += store.write(rows[ok], values[ok])
+        written = store.write(rows[ok], values[ok])
+        self.rows_written += written
+        self.filled_known += written
 
     # what a training step asks
     @torch.no_grad()
@@ -412,9 +413,6 @@ class TeacherOutputs:
         store = self.open(x, teacher)
         if store is None:
             return teacher(x)
-        if self.store_opened_now:
-            self.store_opened_now = False
-            self.filled_known = store.filled_rows()
         rows = self.rows(index, views)
         hit, cached = store.lookup(rows)
         n_hit = int(hit.sum())
@@ -436,9 +434,7 @@ class TeacherOutputs:
             out[~hit_t] = fresh
             out[hit_t] = torch.from_numpy(cached).to(x.device, fresh.dtype)
         self.out_dtype = fresh.dtype
-        written = self.rows_written
         self.store_rows(store, rows[~hit], fresh)
-        self.filled_known += self.rows_written - written
         self.fill_s += time.perf_counter() - start
         return out
 

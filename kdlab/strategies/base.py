@@ -15,7 +15,6 @@ one, all after an optional ``log_prefix``. Subclasses say how a batch becomes lo
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -205,31 +204,24 @@ class RunningMeans:
     collection on every call), which would dominate the step time of small models."""
 
     def __init__(self):
-        self.keys: tuple[str, ...] = ()
-        self.sums: Tensor | None = None  # (len(keys),)
+        self.sums: dict[tuple[str, ...], Tensor] = {}  # names -> their sums, (len(names),)
         self.count = 0
 
     def add(self, values: Mapping[str, Tensor], n: int) -> None:
-        keys = tuple(values)
-        parts = [v.detach() for v in values.values()]
-        if any(v.dtype != parts[0].dtype for v in parts):
-            dtype = functools.reduce(torch.promote_types, (v.dtype for v in parts))
-            parts = [v.to(dtype) for v in parts]
-        step = torch.stack(parts) * n  # one add per step, not one per value
-        if self.sums is None:
-            self.keys, self.sums = keys, step
-        elif keys == self.keys:
-            self.sums += step
-        else:  # another set of names this step: fall back to a sum per name
-            merged = dict(zip(self.keys, self.sums.unbind()))
-            for k, v in zip(keys, step.unbind()):
-                merged[k] = merged.get(k, 0.0) + v
-            self.keys, self.sums = tuple(merged), torch.stack([torch.as_tensor(v) for v in merged.values()])
+        names = tuple(values)
+        step = torch.stack([v.detach() for v in values.values()]) * n  # one add per step, not one per value
+        if names in self.sums:
+            self.sums[names] += step
+        else:
+            self.sums[names] = step
         self.count += n
 
     def pop(self) -> dict[str, Tensor]:
-        means = {} if self.sums is None else dict(zip(self.keys, (self.sums / max(self.count, 1)).unbind()))
-        self.keys, self.sums, self.count = (), None, 0
+        means: dict[str, Tensor] = {}
+        for names, sums in self.sums.items():
+            for name, mean in zip(names, (sums / max(self.count, 1)).unbind()):
+                means[name] = means[name] + mean if name in means else mean
+        self.sums, self.count = {}, 0
         return means
 
 
