@@ -261,6 +261,34 @@ def validate(cfg: DictConfig) -> None:
         target = import_target(where, node["_target_"])
         if checks_arguments(where, node):
             check_arguments(target, node, where)
+    check_combination(tree)
+
+
+def check_combination(tree: Mapping) -> None:
+    """What the terms, the optimizer, the strategy and the data must agree on, checked before
+    anything is built: a strong view for the terms that read one (MLKD), and the offline
+    strategy for what only it runs (strong views, distillation tokens, deployable models, DOT)."""
+    terms = (tree.get("method") or {}).get("terms") or {}
+    classes = {n: locate(str(t["_target_"])) for n, t in terms.items() if isinstance(t, Mapping) and "_target_" in t}
+    offline_only = []
+    for name, cls in classes.items():
+        if getattr(cls, "reads_strong_view", False) and not (tree.get("data") or {}).get("strong_view"):
+            raise KdlabError(
+                f"method.terms.{name} ({cls.__name__}) trains on a strong view of each input as well; "
+                "set data.strong_view=true (data=cifar100, cifar10 or mnist1d have one)"
+            )
+        base = getattr(cls, "deployable", None)
+        own_model = base is not None and getattr(base, "__qualname__", "").split(".")[0] == cls.__name__
+        if getattr(cls, "reads_strong_view", False) or getattr(cls, "distillation_token", False) or own_model:
+            offline_only.append(f"method.terms.{name} ({cls.__name__})")
+    optimizer = ((tree.get("student") or {}).get("optimizer") or {}).get("_target_")
+    if optimizer and callable(getattr(locate(str(optimizer)), "step_kd", None)):
+        offline_only.append(f"student.optimizer ({optimizer})")
+    strategy = (tree.get("strategy") or {}).get("_target_")
+    if offline_only and strategy and not getattr(locate(str(strategy)), "offline_module", False):
+        raise KdlabError(
+            f"{', '.join(offline_only)}: only strategy=offline trains this, not {strategy.rpartition('.')[2]}"
+        )
 
 
 #: Where a ``_target_`` node is kdlab's to check whatever class it names (a user's own strategy or term).
@@ -427,6 +455,13 @@ def unknown_key(overrides: list[str], error: HydraException) -> str | None:
     if not found or not isinstance(error.__cause__, OmegaConfBaseException):
         return None
     key = found.group(1)
+    inner = getattr(error.__cause__, "full_key", None)
+    if inner and inner != key and inner.startswith(f"{key}."):  # a dict value that brings keys the node lacks
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key), "")
+        return (
+            f"{inner}: no such key in {key} (the value {key}={value} adds it); set the keys one by one, "
+            f"with + before those that are new: +{inner}=..."
+        )
     rest = [o for o in overrides if o.split("=", 1)[0] != key]
     parent = key.rpartition(".")[0]
     try:

@@ -7,7 +7,11 @@ CIFAR-100 (the CRD / DKD benchmark) has one file per teacher -> student pair x m
 number of the published tables, one per teacher and one per student trained alone. They are
 generated from the transcription below (``CRD_README``, ``DKD_TABLES``: the published tables as
 printed, each row citing where it was read) and the per-pair method values (``per_pair``): plain
-files, one per row, that say everything particular to their row. Change a recipe here, then
+files, one per row, that say everything particular to their row. The 2022-2024 methods (logit
+standardization's table: KD+LS, DKD+LS, CTKD, CTKD+LS, MLKD, MLKD+LS; KD+DOT; SimKD) likewise, from
+``LSKD_README``, ``CTKD_README``, ``DOT_README``, ``SIMKD_README`` and the per-pair tables after them
+(``LSKD_LOGS``, ``MLKD_CONFIGS``, ``LSKD_MLKD_CONFIGS``, ``DOT_CONFIGS``, ``SIMKD_FACTORS``), read by
+``recipe_values``: every value a file sets cites the file it was read in. Change a recipe here, then
 ``--write``; tests/test_cifar100_recipes.py fails while a file differs from what this module writes.
 
 The README's tables are read from the files themselves: each file is composed exactly as
@@ -18,10 +22,11 @@ files. In the README they sit between the lines ``<!-- recipes:begin -->`` and `
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdlab import ROOT
 from kdlab.config import compose
@@ -182,6 +187,7 @@ NAMES = {
     "mobilenetv2": "MobileNetV2 (x0.5)",
     "shufflenetv1": "ShuffleNetV1",
     "shufflenetv2": "ShuffleNetV2",
+    "shufflenetv2_1_5": "ShuffleNetV2 (x1.5)",
 }
 #: Students trained at lr 0.01 rather than 0.05 (their presets; RepDistiller train_student.py).
 LR_001 = ("mobilenetv2", "shufflenetv1", "shufflenetv2")
@@ -440,7 +446,479 @@ def cifar100_files() -> dict[str, str]:
     for c in transcription():
         if c.source == "dkd" and c.method == "dkd":  # DIST: one row per pair of the DKD tables
             files[f"dist_{c.teacher}_{c.student}"] = distill_file("dist", c.teacher, c.student)
+    files |= new_cifar100_files()
     return dict(sorted(files.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# The 2022-2024 methods on CIFAR-100: logit standardization (Sun et al., CVPR 2024: KD+LS, DKD+LS,
+# CTKD+LS, MLKD+LS, with CTKD and MLKD alone beside them), DOT (Zhao et al., ICCV 2023: KD+DOT) and
+# SimKD (Chen et al., CVPR 2022). One file per number of the tables below; the values a file sets
+# come from the per-pair tables after them, each value citing the file it was read in.
+# --------------------------------------------------------------------------------------------
+
+#: The LS-KD README (sunshangquan/logit-standardization-KD README.md at f6e5aa5, "Results and Logs"):
+#: table 1, teacher and student of identical structures; table 2, of distinct ones. Rows as printed
+#: ("+Ours" is "_ls" here; "SHN-V2" is ShuffleNetV2, "MN-V2" MobileNetV2 (x0.5), "ResNet50" resnet50_cifar).
+#: Its KD and DKD rows reprint the CRD README's and mdistiller's on their pairs (checked in
+#: tests/test_cifar100_recipes.py; the README prints DKD WRN-40-2 -> WRN-16-2 as 76.24, mdistiller
+#: 76.23): they have recipes only where those have. The README does not say where its CTKD and MLKD
+#: rows come from; its "+Ours" rows link a training log each (LSKD_LOGS), but for MLKD+LS ResNet56 ->
+#: ResNet20 and WRN-40-2 -> MobileNetV2.
+LSKD_README = {
+    1: """
+            resnet32x4  vgg13  wrn_40_2  wrn_40_2  resnet56  resnet110  resnet110
+            resnet8x4   vgg8   wrn_40_1  wrn_16_2  resnet20  resnet32   resnet20
+kd          73.33       72.98  73.54     74.92     70.66     73.08      70.67
+kd_ls       76.62       74.36  74.37     76.11     71.43     74.17      71.48
+ctkd        73.39       73.52  73.93     75.45     71.19     73.52      70.99
+ctkd_ls     76.67       74.47  74.58     76.08     71.34     74.01      71.39
+dkd         76.32       74.68  74.81     76.24     71.97     74.11      71.06
+dkd_ls      77.01       74.81  74.89     76.39     72.32     74.29      71.85
+mlkd        77.08       75.18  75.35     76.63     72.19     74.11      71.89
+mlkd_ls     78.28       75.22  75.56     76.95     72.33     74.32      72.27
+""",
+    2: """
+            resnet32x4    resnet32x4  resnet32x4  wrn_40_2   wrn_40_2     vgg13        resnet50_cifar
+            shufflenetv2  wrn_16_2    wrn_40_2    resnet8x4  mobilenetv2  mobilenetv2  mobilenetv2
+kd          74.45         74.90       77.70       73.97      68.36        67.37        67.35
+kd_ls       75.56         75.26       77.92       77.11      69.23        68.61        69.02
+ctkd        75.37         74.57       77.66       74.61      68.34        68.50        68.67
+ctkd_ls     76.18         75.16       77.99       77.03      69.53        68.98        69.36
+dkd         77.07         75.70       78.46       75.56      69.28        69.71        70.35
+dkd_ls      77.37         76.19       78.95       76.75      70.01        69.98        70.45
+mlkd        78.44         76.52       79.26       77.33      70.78        70.57        71.04
+mlkd_ls     78.76         77.53       79.66       77.68      71.61        70.94        71.19
+""",
+}
+#: The CTKD README (zhengli97/CTKD README.md at 7d52522, "Main Results", CIFAR-100): its +CTKD row is
+#: the LS-KD README's CTKD row on these pairs (checked); it prints KD ResNet110 -> ResNet20 as 70.66
+#: (the CRD README: 70.67).
+CTKD_README = """
+            resnet56  resnet110  resnet110  wrn_40_2  wrn_40_2  vgg13
+            resnet20  resnet32   resnet20   wrn_16_2  wrn_40_1  vgg8
+kd          70.66     73.08      70.66      74.92     73.54     72.98
+ctkd        71.19     73.52      70.99      75.45     73.93     73.52
+"""
+#: The mdistiller README (megvii-research/mdistiller README.md at a08d46f, "DOT: A Distillation-Oriented
+#: Trainer", "On CIFAR-100"; its KD row is the CRD README's).
+DOT_README = """
+            resnet32x4  vgg13  resnet32x4
+            resnet8x4   vgg8   shufflenetv2
+kd          73.33       72.98  74.45
+kd_dot      75.12       73.77  75.55
+"""
+#: The SimKD README (DefangChen/SimKD README.md at 2b389c3, "Some results on CIFAR-100"): the teacher
+#: ResNet-32x4 and its own student baselines, and the rows "SimKD (f=8)", "(f=4)", "(f=2)" (f: the
+#: projector's bottleneck factor; 2 is train_student.py's default -f). ShuffleNetV2x1.5 is
+#: SimKD's ShuffleV2_1_5 (kdlab: student=shufflenetv2_1_5). Its other rows (KD ... SemCKD) are the
+#: authors' re-runs of other methods: not transcribed.
+SIMKD_README = """
+            resnet32x4  resnet32x4  resnet32x4
+            resnet8x4   vgg8        shufflenetv2_1_5
+teacher     79.42       79.42       79.42
+student     73.09       70.46       74.15
+simkd_f8    76.73       74.74       78.96
+simkd_f4    77.88       75.62       79.48
+simkd       78.08       75.76       79.54
+"""
+
+#: The recipe kinds (file-name prefixes) of these tables: (method preset, README label, title).
+NEW_KINDS = {
+    "kd_ls": ("kd", "kd+LS", "KD + logit standardization (Sun et al., CVPR 2024)"),
+    "ctkd": ("ctkd", "ctkd", "CTKD, curriculum temperature (Li et al., AAAI 2023)"),
+    "ctkd_ls": ("ctkd", "ctkd+LS", "CTKD + logit standardization (Sun et al., CVPR 2024)"),
+    "dkd_ls": ("dkd", "dkd+LS", "DKD + logit standardization (Sun et al., CVPR 2024)"),
+    "mlkd": ("mlkd", "mlkd", "MLKD, multi-level logit distillation (Jin et al., CVPR 2023)"),
+    "mlkd_ls": ("mlkd", "mlkd+LS", "MLKD + logit standardization (Sun et al., CVPR 2024)"),
+    "kd_dot": ("kd", "kd+DOT", "KD trained with DOT, the distillation-oriented trainer (Zhao et al., ICCV 2023)"),
+    "simkd": ("simkd", "simkd f=2", "SimKD, the reused teacher classifier (Chen et al., CVPR 2022), factor 2"),
+    "simkd_f4": ("simkd", "simkd f=4", "SimKD, the reused teacher classifier (Chen et al., CVPR 2022), factor 4"),
+    "simkd_f8": ("simkd", "simkd f=8", "SimKD, the reused teacher classifier (Chen et al., CVPR 2022), factor 8"),
+}
+#: The README labels of these rows, in the order of its second table's columns.
+NEW_LABELS = tuple(label for _, label, _ in NEW_KINDS.values())
+
+# ---- the values each recipe sets, and where they were read ------------------------------------
+
+LSKD = "sunshangquan/logit-standardization-KD"
+#: The log each "+Ours" number of the LS-KD README links to, logs/<path>.txt: "The name of each log
+#: file is formated with KD_TYPE,TEACHER,STUDENT,BASE_TEMPERATURE,KD_WEIGHT.txt. The possible third
+#: value for DKD is the value of BETA." (the README). The base temperature and the KD weight are
+#: tools/train.py's --base-temp and --kd-weight (CTKD/: -a). None: the README links no log (MLKD+LS
+#: ResNet56 -> ResNet20, WRN-40-2 -> MobileNetV2); the recipe then takes the README's usage line and
+#: tools/train.py's defaults, --base-temp 2 --kd-weight 9. The README's link for CTKD+LS WRN-40-2 ->
+#: WRN-40-1 reads "ogs/CTKD/..." (a typo for logs/). The cross-entropy's weight is not in the names:
+#: 0.1 (KD.LOSS.CE_WEIGHT, LS-KD's mdistiller/engine/cfg.py since 2024-03-10; 1 before): the KD+LS
+#: ResNet50 -> MobileNetV2 log's first epoch (train_loss 1.51 at 5.11% training accuracy) rules out
+#: a weight of 1 there. The KD+LS and DKD+LS logs train 240 epochs at the student preset's lr (0.05;
+#: 0.01 for MobileNetV2 / ShuffleNetV2), the MLKD+LS logs the epochs and lr of LSKD_MLKD_CONFIGS (all
+#: printed per epoch); the CTKD+LS logs (JSON, no lr) 240 epochs.
+LSKD_LOGS: dict[tuple[str, str, str], str | None] = {
+    ("kd_ls", "resnet32x4", "resnet8x4"): "KD/kd,resnet32x4,resnet8x4,2,9",
+    ("kd_ls", "vgg13", "vgg8"): "KD/kd,vgg13,vgg8,3,9",
+    ("kd_ls", "wrn_40_2", "wrn_40_1"): "KD/kd,wrn_40_2,wrn_40_1,2,9",
+    ("kd_ls", "wrn_40_2", "wrn_16_2"): "KD/kd,wrn_40_2,wrn_16_2,2,9",
+    ("kd_ls", "resnet56", "resnet20"): "KD/kd,resnet56,resnet20,2,9",
+    ("kd_ls", "resnet110", "resnet32"): "KD/kd,resnet110,resnet32,2,9",
+    ("kd_ls", "resnet110", "resnet20"): "KD/kd,resnet110,resnet20,4,12",
+    ("kd_ls", "resnet32x4", "shufflenetv2"): "KD/kd,resnet32x4,ShuffleV2,2,9",
+    ("kd_ls", "resnet32x4", "wrn_16_2"): "KD/kd,resnet32x4,wrn_16_2,3,9",
+    ("kd_ls", "resnet32x4", "wrn_40_2"): "KD/kd,resnet32x4,wrn_40_2,3,9",
+    ("kd_ls", "wrn_40_2", "resnet8x4"): "KD/kd,wrn_40_2,resnet8x4,2,9",
+    ("kd_ls", "wrn_40_2", "mobilenetv2"): "KD/kd,wrn_40_2,MobileNetV2,3,9",
+    ("kd_ls", "vgg13", "mobilenetv2"): "KD/kd,vgg13,MobileNetV2,3,9",
+    ("kd_ls", "resnet50_cifar", "mobilenetv2"): "KD/kd,ResNet50,MobileNetV2,3,1",
+    ("ctkd_ls", "resnet32x4", "resnet8x4"): "CTKD/ctkd,resnet32x4,resnet8x4,2,9",
+    ("ctkd_ls", "vgg13", "vgg8"): "CTKD/ctkd,vgg13,vgg8,2,9",
+    ("ctkd_ls", "wrn_40_2", "wrn_40_1"): "CTKD/ctkd,wrn_40_2,wrn_40_1,2,9",
+    ("ctkd_ls", "wrn_40_2", "wrn_16_2"): "CTKD/ctkd,wrn_40_2,wrn_16_2,2,9",
+    ("ctkd_ls", "resnet56", "resnet20"): "CTKD/ctkd,resnet56,resnet20,2,9",
+    ("ctkd_ls", "resnet110", "resnet32"): "CTKD/ctkd,resnet110,resnet32,2,9",
+    ("ctkd_ls", "resnet110", "resnet20"): "CTKD/ctkd,resnet110,resnet20,2,9",
+    ("ctkd_ls", "resnet32x4", "shufflenetv2"): "CTKD/ctkd,resnet32x4,ShuffleV2,2,9",
+    ("ctkd_ls", "resnet32x4", "wrn_16_2"): "CTKD/ctkd,resnet32x4,wrn_16_2,2,9",
+    ("ctkd_ls", "resnet32x4", "wrn_40_2"): "CTKD/ctkd,resnet32x4,wrn_40_2,2,9",
+    ("ctkd_ls", "wrn_40_2", "resnet8x4"): "CTKD/ctkd,wrn_40_2,resnet8x4,2,9",
+    ("ctkd_ls", "wrn_40_2", "mobilenetv2"): "CTKD/ctkd,wrn_40_2,MobileNetV2,2,9",
+    ("ctkd_ls", "vgg13", "mobilenetv2"): "CTKD/ctkd,vgg13,MobileNetV2,2,9",
+    ("ctkd_ls", "resnet50_cifar", "mobilenetv2"): "CTKD/ctkd,ResNet50,MobileNetV2,2,9",
+    ("dkd_ls", "resnet32x4", "resnet8x4"): "DKD/dkd,resnet32x4,resnet8x4,2,9",
+    ("dkd_ls", "vgg13", "vgg8"): "DKD/dkd,vgg13,vgg8,2,15,2.0",
+    ("dkd_ls", "wrn_40_2", "wrn_40_1"): "DKD/dkd,wrn_40_2,wrn_40_1,2,12,2.0",
+    ("dkd_ls", "wrn_40_2", "wrn_16_2"): "DKD/dkd,wrn_40_2,wrn_16_2,2,12,2.0",
+    ("dkd_ls", "resnet56", "resnet20"): "DKD/dkd,resnet56,resnet20,3,18,2.0",
+    ("dkd_ls", "resnet110", "resnet32"): "DKD/dkd,resnet110,resnet32,2,15,2.0",
+    ("dkd_ls", "resnet110", "resnet20"): "DKD/dkd,resnet110,resnet20,2,15,2.0",
+    ("dkd_ls", "resnet32x4", "shufflenetv2"): "DKD/dkd,resnet32x4,ShuffleV2,2,9",
+    ("dkd_ls", "resnet32x4", "wrn_16_2"): "DKD/dkd,resnet32x4,wrn_16_2,2,9,2.0",
+    ("dkd_ls", "resnet32x4", "wrn_40_2"): "DKD/dkd,resnet32x4,wrn_40_2,2,9,8.0",
+    ("dkd_ls", "wrn_40_2", "resnet8x4"): "DKD/dkd,wrn_40_2,resnet8x4,2,18,2.0",
+    ("dkd_ls", "wrn_40_2", "mobilenetv2"): "DKD/dkd,wrn_40_2,MobileNetV2,2,15,2.0",
+    ("dkd_ls", "vgg13", "mobilenetv2"): "DKD/dkd,vgg13,MobileNetV2,3,9,2.0",
+    ("dkd_ls", "resnet50_cifar", "mobilenetv2"): "DKD/dkd,ResNet50,MobileNetV2,2,15,2.0",
+    ("mlkd_ls", "resnet32x4", "resnet8x4"): "MLKD/mlkd,resnet32x4,resnet8x4,2,9",
+    ("mlkd_ls", "vgg13", "vgg8"): "MLKD/mlkd,vgg13,vgg8,2,6",
+    ("mlkd_ls", "wrn_40_2", "wrn_40_1"): "MLKD/mlkd,wrn_40_2,wrn_40_1,2,9",
+    ("mlkd_ls", "wrn_40_2", "wrn_16_2"): "MLKD/mlkd,wrn_40_2,wrn_16_2,2,9",
+    ("mlkd_ls", "resnet56", "resnet20"): None,
+    ("mlkd_ls", "resnet110", "resnet32"): "MLKD/mlkd,res110,res32,2,9",
+    ("mlkd_ls", "resnet110", "resnet20"): "MLKD/mlkd,res110,res20,2,9",
+    ("mlkd_ls", "resnet32x4", "shufflenetv2"): "MLKD/mlkd,resnet32x4,ShuffleV2,2,6",
+    ("mlkd_ls", "resnet32x4", "wrn_16_2"): "MLKD/mlkd,resnet32x4,wrn_16_2,2,9",
+    ("mlkd_ls", "resnet32x4", "wrn_40_2"): "MLKD/mlkd,resnet32x4,wrn_40_2,2,9",
+    ("mlkd_ls", "wrn_40_2", "resnet8x4"): "MLKD/mlkd,wrn_40_2,resnet8x4,2,9",
+    ("mlkd_ls", "wrn_40_2", "mobilenetv2"): None,
+    ("mlkd_ls", "vgg13", "mobilenetv2"): "MLKD/mlkd,vgg13,MobileNetV2,2,6",
+    ("mlkd_ls", "resnet50_cifar", "mobilenetv2"): "MLKD/mlkd,res50,mv2,2,9",
+}
+#: DKD.BETA of LS-KD's configs/cifar100/dkd/<file>.yaml for the DKD+LS logs whose name gives none
+#: (8.0: the file sets none, mdistiller/engine/cfg.py's default).
+LSKD_DKD_BETA = {
+    ("resnet32x4", "resnet8x4"): (8.0, "resnet32x4_resnet8x4"),
+    ("resnet32x4", "shufflenetv2"): (8.0, "resnet32x4_ShuffleV2"),
+}
+#: MLKD's schedule per pair (SOLVER.LR, SOLVER.EPOCHS; every file: SGD, batch 64, momentum 0.9,
+#: weight decay 5e-4, lr x0.1 at epochs 150, 180 and 210 whatever the epochs), from the file named:
+#: MLKD's own (Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/<file>.yaml, which the
+#: MLKD rows follow where it has the pair) and LS-KD's (configs/cifar100/mlkd/<file>.yaml, which the
+#: MLKD+LS rows follow: their logs print the same lr and epochs, and the MLKD rows on the pairs MLKD's
+#: repository lacks). (file, lr, epochs).
+MLKD_CONFIGS = {
+    ("resnet32x4", "resnet8x4"): ("res32x4_res8x4", 0.025, 240),
+    ("vgg13", "vgg8"): ("vgg13_vgg8", 0.025, 240),
+    ("wrn_40_2", "wrn_40_1"): ("wrn40_2_wrn_40_1", 0.025, 240),
+    ("wrn_40_2", "wrn_16_2"): ("wrn40_2_wrn_16_2", 0.025, 240),
+    ("resnet56", "resnet20"): ("res56_res20", 0.025, 240),
+    ("resnet110", "resnet32"): ("res110_res32", 0.025, 240),
+    ("resnet32x4", "shufflenetv2"): ("res32x4_shuv2", 0.01, 960),
+    ("vgg13", "mobilenetv2"): ("vgg13_mv2", 0.01, 480),
+    ("resnet50_cifar", "mobilenetv2"): ("res50_mv2", 0.01, 480),
+}
+LSKD_MLKD_CONFIGS = {
+    ("resnet32x4", "resnet8x4"): ("resnet32x4_resnet8x4", 0.025, 480),
+    ("vgg13", "vgg8"): ("vgg13_vgg8", 0.01, 480),
+    ("wrn_40_2", "wrn_40_1"): ("wrn_40_2_wrn_40_1", 0.025, 480),
+    ("wrn_40_2", "wrn_16_2"): ("wrn_40_2_wrn_16_2", 0.025, 480),
+    ("resnet56", "resnet20"): ("resnet56_resnet20", 0.025, 480),
+    ("resnet110", "resnet32"): ("resnet110_resnet32", 0.025, 480),
+    ("resnet110", "resnet20"): ("resnet110_resnet20", 0.025, 480),
+    ("resnet32x4", "shufflenetv2"): ("resnet32x4_ShuffleV2", 0.01, 960),
+    ("resnet32x4", "wrn_16_2"): ("resnet32x4_wrn_16_2", 0.025, 480),
+    ("resnet32x4", "wrn_40_2"): ("resnet32x4_wrn_40_2", 0.025, 480),
+    ("wrn_40_2", "resnet8x4"): ("wrn_40_2_resnet8x4", 0.025, 480),
+    ("wrn_40_2", "mobilenetv2"): ("wrn_40_2_MobileNetV2", 0.005, 480),
+    ("vgg13", "mobilenetv2"): ("vgg13_MobileNetV2", 0.01, 480),
+    ("resnet50_cifar", "mobilenetv2"): ("ResNet50_MobileNetV2", 0.01, 480),
+}
+#: KD+DOT: mdistiller configs/cifar100/dot/<file>.yaml (SOLVER.LR, SOLVER.DOT.DELTA; TRAINER "dot";
+#: DISTILLER.TYPE "KD" at mdistiller's KD defaults, the kd preset's; SGD momentum 0.9, weight decay
+#: 5e-4, batch 64, 240 epochs, lr x0.1 at 150, 180, 210, as the benchmark). (file, lr, delta).
+DOT_CONFIGS = {
+    ("resnet32x4", "resnet8x4"): ("res32x4_res8x4", 0.05, 0.075),
+    ("vgg13", "vgg8"): ("vgg13_vgg8", 0.05, 0.075),
+    ("resnet32x4", "shufflenetv2"): ("res32x4_shuv2", 0.01, 0.075),
+}
+#: SimKD's factor per recipe kind (the README's rows; train_student.py -f).
+SIMKD_FACTORS = {"simkd": 2, "simkd_f4": 4, "simkd_f8": 8}
+
+# ---- where the numbers come from, and what they are --------------------------------------------
+
+LSKD_SOURCE = (
+    'the LS-KD README (sunshangquan/logit-standardization-KD README.md, "Results and Logs"), table {table} '
+    '({kind} structures), row "{row}"'
+)
+LSKD_ROW_NAMES = {"ctkd": "CTKD", "mlkd": "MLKD", "kd_ls": "KD+Ours", "ctkd_ls": "CTKD+Ours"}
+LSKD_ROW_NAMES |= {"dkd_ls": "DKD+Ours", "mlkd_ls": "MLKD+Ours"}
+CTKD_SOURCE = 'the CTKD README (zhengli97/CTKD README.md, "Main Results", CIFAR-100), row "+CTKD"'
+DOT_SOURCE = (
+    'the mdistiller README (megvii-research/mdistiller README.md, "DOT: A Distillation-Oriented Trainer", '
+    '"On CIFAR-100"), row "KD+DOT"'
+)
+SIMKD_SOURCE = 'the SimKD README (DefangChen/SimKD README.md, "Some results on CIFAR-100"), row "SimKD (f={factor})"'
+LSKD_PROTOCOL = (
+    'averaged over runs, how many not stated (the README: "Due to average operation and randomness, there may be '
+    'slight differences between the reported results and the logged results"); which epoch: not stated (each linked '
+    "log, one run (two for CTKD+LS ResNet32x4 -> ShuffleNetV2 / WRN-16-2 / WRN-40-2), ends with best_acc, the highest "
+    "test accuracy over the epochs, within 0.9 points of the README's number); trained on all 50,000 training images"
+)
+CTKD_PROTOCOL = (
+    "not stated in the READMEs (CTKD's train_student.py records best_acc, the highest test accuracy over the "
+    "epochs, beside each epoch's test_acc); runs averaged: not stated; trained on all 50,000 training images"
+)
+MLKD_PROTOCOL = (
+    "not stated in the LS-KD README, which does not say where its MLKD row comes from (MLKD's trainer, "
+    "mdistiller's, writes best_acc, the highest test accuracy over the epochs); runs averaged: not stated; trained "
+    "on all 50,000 training images, each batch under a weak and a strong (RandAugment) augmentation"
+)
+DOT_PROTOCOL = (
+    "best test epoch, trained on all 50,000 training images (mdistiller's trainer, its DOT trainer included, "
+    "reports best_acc, the highest test accuracy over the epochs); runs averaged: not stated in the README"
+)
+SIMKD_PROTOCOL = (
+    "not stated in the README (the authors' train_student.py keeps best_acc, the highest test accuracy over the "
+    "epochs, and saves that epoch's student and projector); runs averaged: not stated; trained on all 50,000 "
+    "training images"
+)
+
+#: What a file says about its row besides its values (comment lines), by kind.
+NEW_NOTES = {
+    "kd_ls": [
+        "LS-KD's KD+LS (tools/train.py --logit-stand --base-temp T --kd-weight w): KD on Z-scored logits at",
+        "temperature T, weight w; CE 0.1 (mdistiller/engine/cfg.py KD.LOSS.CE_WEIGHT, the kd preset's).",
+    ],
+    "dkd_ls": [
+        "LS-KD's DKD+LS (tools/train.py at 6b58661, 2024-05-18: DKD.ALPHA x w, DKD.BETA x w, DKD.T = T; CE 1.0,",
+        "20-epoch warm-up, the dkd preset's). Its code before that commit set beta = (alpha x w) x w and the",
+        "temperature on KD.TEMPERATURE, which DKD does not read (DKD.T stays 4); which code ran the published",
+        "numbers is not stated (the log names record BETA, which only the later code reads).",
+    ],
+    "ctkd": [
+        "CTKD's own CIFAR-100 settings (zhengli97/CTKD scripts/run_cifar_distill.sh, train_student.py): CE 0.1,",
+        "KD 0.9, a global temperature t_start + t_end * sigmoid(t), t_start 1, t_end 20, learned through a",
+        "gradient reversal whose strength follows a cosine from 0 to 1 over 10 epochs (the ctkd preset's).",
+    ],
+    "ctkd_ls": [
+        "LS-KD's CTKD+LS (CTKD/scripts/run_cifar_distill.sh: -r 0.1 -a 9, global temperature, cosine decay 0 -> -1",
+        "over 10 epochs). CTKD/train_student.py standardizes unless --logit_stand is given (its criterion_div =",
+        "DistillKL() if opt.logit_stand else DistillKL_logit_stand()); the script gives none. The logs' base",
+        "temperature 2 (--kd_T) is not read while the temperature is learned (helper/loops.py); their",
+        "temperatures span 2.001-30.4, outside the script's t_start 1 / t_end 20 range [1, 21]: the range",
+        "used is not stated, the recipe keeps the ctkd preset's.",
+    ],
+    "mlkd": [
+        "MLKD's own settings (Jin-Ying/Multi-Level-Logit-Distillation: CE 0.1 on each view, KD 0.9, T 4, the",
+        "mlkd preset's); every batch also under a strong augmentation (tools/train_ours.py, get_dataset_strong).",
+    ],
+    "mlkd_ls": [
+        "LS-KD's MLKD+LS (tools/train.py --logit-stand --base-temp T --kd-weight w: KD.TEMPERATURE T,",
+        "KD.LOSS.KD_WEIGHT w; CE 0.1 on each view); every batch also under a strong augmentation.",
+    ],
+    "kd_dot": [
+        "KD (the kd preset: CE 0.1, KD 0.9, T 4, mdistiller's KD) trained with DOT: the task loss's gradient",
+        "and KD's get their own momentum, 0.9 - delta and 0.9 + delta (mdistiller/engine/trainer.py DOT).",
+    ],
+    "simkd": ["SimKD's loss alone (train_student.py -c 0 -d 0 -b 1: no cross-entropy, no KD; the simkd preset's)."],
+}
+NEW_NOTES["simkd_f4"] = NEW_NOTES["simkd_f8"] = NEW_NOTES["simkd"]
+
+
+def lskd_log(kind: str, teacher: str, student: str) -> tuple[float, float, float | None, str]:
+    """(base temperature, KD weight, DKD's beta or None, where read) of an LS-KD "+Ours" recipe."""
+    log = LSKD_LOGS[kind, teacher, student]
+    if log is None:
+        return 2.0, 9.0, None, f"no log linked: the LS-KD README's usage line and {LSKD} tools/train.py defaults"
+    t, w, *beta = log.split(",")[3:]
+    return float(t), float(w), float(beta[0]) if beta else None, f"{LSKD} logs/{log}.txt"
+
+
+def recipe_values(kind: str, teacher: str, student: str) -> list[tuple[str, object, str]]:
+    """The values a 2022-2024 recipe sets: (dotted key, value, where it was read)."""
+    pair = (teacher, student)
+    out: list[tuple[str, object, str]] = []
+    if kind in ("mlkd", "mlkd_ls"):
+        out.append(("data.strong_view", True, "MLKD trains on a weak and a strong view of each batch"))
+        if kind == "mlkd" and pair in MLKD_CONFIGS:
+            file, lr, epochs = MLKD_CONFIGS[pair]
+            where = f"Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/{file}.yaml"
+        else:
+            file, lr, epochs = LSKD_MLKD_CONFIGS[pair]
+            where = f"{LSKD} configs/cifar100/mlkd/{file}.yaml"
+        lacks = "; MLKD's repository has no config for this pair" if kind == "mlkd" and pair not in MLKD_CONFIGS else ""
+        out += [("student.optimizer.lr", lr, f"{where} (SOLVER.LR{lacks})")]
+        out += [("student.max_epochs", epochs, f"{where} (SOLVER.EPOCHS{lacks})")]
+    if kind == "kd_dot":
+        file, lr, delta = DOT_CONFIGS[pair]
+        where = f"mdistiller configs/cifar100/dot/{file}.yaml"
+        out += [
+            ("student.optimizer._target_", "kdlab.optim.DOT", f"{where} (SOLVER.TRAINER: dot)"),
+            ("student.optimizer._partial_", True, "the optimizer gets the parameters when the run is built"),
+            ("student.optimizer.lr", lr, f"{where} (SOLVER.LR)"),
+            ("student.optimizer.momentum", 0.9, f"{where} (SOLVER.MOMENTUM)"),
+            ("student.optimizer.delta", delta, f"{where} (SOLVER.DOT.DELTA)"),
+            ("student.optimizer.weight_decay", 0.0005, f"{where} (SOLVER.WEIGHT_DECAY)"),
+        ]
+    if kind in ("kd_ls", "dkd_ls", "ctkd_ls", "mlkd_ls"):
+        t, w, beta, where = lskd_log(kind, teacher, student)
+        term = {"kd_ls": "kd", "dkd_ls": "dkd", "ctkd_ls": "kd", "mlkd_ls": "mlkd"}[kind]
+        standardized = "CTKD/train_student.py DistillKL_logit_stand" if kind == "ctkd_ls" else "--logit-stand"
+        out.append((f"method.terms.{term}.standardize", True, f"{standardized} ({where})"))
+        if kind in ("kd_ls", "mlkd_ls"):
+            out += [
+                (f"method.terms.{term}.temperature", t, f"--base-temp {t:g} ({where})"),
+                (f"method.terms.{term}.weight", w, f"--kd-weight {w:g} ({where})"),
+            ]
+        if kind == "ctkd_ls":
+            out.append(("method.terms.kd.weight", w, f"-a {w:g} (CTKD/scripts/run_cifar_distill.sh; {where})"))
+        if kind == "dkd_ls":
+            if beta is None:
+                beta, file = LSKD_DKD_BETA[pair]
+                beta_where = f"DKD.BETA {beta:g} ({LSKD} configs/cifar100/dkd/{file}.yaml sets none: cfg.py's)"
+            else:
+                beta_where = f"BETA {beta:g} (the log name's third value)"
+            out += [
+                ("method.terms.dkd.temperature", t, f"--base-temp {t:g} -> DKD.T ({where})"),
+                ("method.terms.dkd.alpha", 1.0 * w, f"DKD.ALPHA 1.0 x --kd-weight {w:g} ({where})"),
+                ("method.terms.dkd.beta", beta * w, f"{beta_where}, x --kd-weight {w:g}"),
+            ]
+    if kind in SIMKD_FACTORS:
+        out.append(
+            ("method.terms.simkd.factor", SIMKD_FACTORS[kind], f'SimKD README row "SimKD (f={SIMKD_FACTORS[kind]})"')
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class NewCell:
+    """One number of the 2022-2024 tables: the recipe kind, pair, value (%), source and protocol."""
+
+    kind: str
+    teacher: str
+    student: str
+    value: float
+    source: str
+    protocol: str
+
+
+@cache
+def new_cells() -> dict[tuple[str, str, str], NewCell]:
+    """The number each 2022-2024 recipe cites, by (kind, teacher, student)."""
+    out: dict[tuple[str, str, str], NewCell] = {}
+    ctkd = {(c.teacher, c.student): c.value for c in parse(CTKD_README, "ctkd", 1) if c.method == "ctkd"}
+    for n, text in LSKD_README.items():
+        for c in parse(text, "lskd", n):
+            if c.method not in LSKD_ROW_NAMES:
+                continue
+            kind = {1: "identical", 2: "distinct"}[n]
+            source = LSKD_SOURCE.format(table=n, kind=kind, row=LSKD_ROW_NAMES[c.method])
+            proto = {"ctkd": CTKD_PROTOCOL, "mlkd": MLKD_PROTOCOL}.get(c.method, LSKD_PROTOCOL)
+            if c.method == "ctkd" and (c.teacher, c.student) in ctkd:
+                if ctkd[c.teacher, c.student] != c.value:
+                    raise ValueError(
+                        f"CTKD {c.teacher} -> {c.student}: {c.value} (LS-KD), {ctkd[c.teacher, c.student]}"
+                    )
+                source += f" and {CTKD_SOURCE}"
+            if c.method == "mlkd_ls":
+                proto += "; each batch under a weak and a strong (RandAugment) augmentation"
+            out[c.method, c.teacher, c.student] = NewCell(c.method, c.teacher, c.student, c.value, source, proto)
+    for c in parse(DOT_README, "dot", 1):
+        if c.method == "kd_dot":
+            out[c.method, c.teacher, c.student] = NewCell(
+                c.method, c.teacher, c.student, c.value, DOT_SOURCE, DOT_PROTOCOL
+            )
+    for c in parse(SIMKD_README, "simkd", 1):
+        if c.method in SIMKD_FACTORS:
+            source = SIMKD_SOURCE.format(factor=SIMKD_FACTORS[c.method])
+            out[c.method, c.teacher, c.student] = NewCell(
+                c.method, c.teacher, c.student, c.value, source, SIMKD_PROTOCOL
+            )
+    return out
+
+
+def simkd_baselines() -> dict[str, float]:
+    """The SimKD README's own student baselines (row Student), by student preset."""
+    return {c.student: c.value for c in parse(SIMKD_README, "simkd", 1) if c.method == "student"}
+
+
+def _yaml_scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def nested_lines(values: list[tuple[str, object, str]]) -> list[str]:
+    """YAML lines setting each dotted key of ``values`` to its value, commented with where it was read."""
+    lines: list[str] = []
+    opened: list[str] = []
+    for key, value, why in values:
+        *parents, leaf = key.split(".")
+        common = 0
+        while common < min(len(opened), len(parents)) and opened[common] == parents[common]:
+            common += 1
+        for depth in range(common, len(parents)):
+            lines.append("  " * depth + f"{parents[depth]}:")
+        opened = parents
+        lines.append("  " * len(parents) + f"{leaf}: {_yaml_scalar(value)}    # {why}")
+    return lines
+
+
+def new_distill_file(kind: str, teacher: str, student: str) -> str:
+    method, _, title = NEW_KINDS[kind]
+    cell = new_cells()[kind, teacher, student]
+    lines = [
+        "# @package _global_",
+        f"# {title}: {NAMES[teacher]} -> {NAMES[student]} on CIFAR-100.",
+        HEADER.rstrip("\n"),
+        *(f"# {note}" for note in NEW_NOTES[kind]),
+    ]
+    own = {"ctkd": {(c.teacher, c.student) for c in parse(CTKD_README, "ctkd", 1)}, "mlkd": set(MLKD_CONFIGS)}
+    if kind in own and (teacher, student) not in own[kind]:
+        lines.append(f"# Who ran {kind.upper()} on this pair for the LS-KD README, with which settings: not stated.")
+    lines += [
+        "defaults:",
+        "  - /benchmark/crd_cifar100/distill",
+        f"  - override /teacher: {teacher}",
+        f"  - override /student: {student}",
+        f"  - override /method: {method}",
+    ]
+    lines += nested_lines(recipe_values(kind, teacher, student))
+    lines.append("published:")
+    if kind in SIMKD_FACTORS:
+        baseline = simkd_baselines()[student]
+        lines.append(
+            f"  student_acc: {fraction(baseline)}    # the student trained alone, as the same source prints it"
+        )
+    lines += [
+        f"  method_acc: {fraction(cell.value)}",
+        f"  source: {quote(cell.source)}",
+        f"  protocol: {quote(cell.protocol)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def new_cifar100_files() -> dict[str, str]:
+    """The 2022-2024 recipe files: name (no .yaml) -> text."""
+    return {f"{k}_{t}_{s}": new_distill_file(k, t, s) for k, t, s in new_cells()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,27 +1232,89 @@ def recipe_names(dataset: str) -> list[str]:
 
 
 @cache
+def composed(dataset: str, name: str) -> tuple[DictConfig, dict]:
+    """The config ``kdlab-train experiments=<dataset>/<name>`` runs with, and the preset Hydra chose
+    for each group (composed once per process; do not modify them)."""
+    return compose([f"experiments={dataset}/{name}"])
+
+
 def resolved(dataset: str, name: str) -> DictConfig:
     """The config ``kdlab-train experiments=<dataset>/<name>`` runs with (composed once per process;
     do not modify it)."""
-    return compose([f"experiments={dataset}/{name}"])[0]
+    return composed(dataset, name)[0]
 
 
 #: Term options that modify a method and are off unless a recipe says so: shown only when on.
 MODIFIERS = ("standardize",)
 
 
-def row(name: str, cfg: DictConfig) -> dict[str, str]:
+@cache
+def preset_arch(group: str, preset: str) -> str | None:
+    """The arch ``conf/<group>/<preset>.yaml`` names (read from the file)."""
+    return OmegaConf.load(ROOT / "conf" / group / f"{preset}.yaml").get("arch")
+
+
+def model_name(group: str, preset: str | None, arch: str) -> str:
+    """How the tables name a teacher or student: its arch, or its preset where another preset of the
+    group builds the same arch with other arguments (shufflenetv2_1_5: a wider shufflenetv2)."""
+    if preset is None or preset == arch:
+        return arch
+    others = [p.stem for p in (ROOT / "conf" / group).glob("*.yaml") if p.stem != preset]
+    return preset if any(preset_arch(group, other) == arch for other in others) else arch
+
+
+def label(cfg: DictConfig) -> str:
+    """A distillation row's method as the tables name it: the method preset, "+LS" when a term
+    standardizes the logits, "+DOT" when the student trains with DOT, SimKD's factor."""
+    name = str(cfg.method.name)
+    terms = cfg.method.terms
+    if any(isinstance(args, DictConfig) and args.get("standardize") is True for args in terms.values()):
+        name += "+LS"
+    if str(OmegaConf.select(cfg, "student.optimizer._target_", default="")).endswith(".DOT"):
+        name += "+DOT"
+    factor = OmegaConf.select(cfg, "method.terms.simkd.factor", default=None)
+    if name == "simkd" and factor is not None:
+        name += f" f={factor}"
+    return name
+
+
+def notes(cfg: DictConfig) -> str:
+    """What else a row trains with: a strong view of the data, an optimizer other than SGD."""
+    out = []
+    if cfg.data.get("strong_view"):
+        out.append("strong view")
+    optimizer = cfg.student.optimizer
+    if str(optimizer._target_) != "torch.optim.SGD":
+        extra = f" delta={optimizer.delta}" if "delta" in optimizer else ""
+        out.append(f"{str(optimizer._target_).rpartition('.')[2]}{extra}")
+    return "; ".join(out) or "-"
+
+
+def _arguments(prefix: str, args: DictConfig):
+    """(dotted path, key, value) of each argument of a term, a nested node's (CTKD's curriculum) too;
+    Hydra's own keys (``_target_``) left out."""
+    for key, value in args.items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, DictConfig):
+            yield from _arguments(f"{prefix}.{key}", value)
+        else:
+            yield f"{prefix}.{key}", key, value
+
+
+def row(name: str, cfg: DictConfig, choices: dict | None = None) -> dict[str, str]:
     """One recipe's columns. A teacher row (``task: teacher``) reports the teacher's own
-    optimizer, epochs and batch; any other row the student's, and the method's terms."""
+    optimizer, epochs and batch; any other row the student's, and the method's terms.
+    ``choices``: the presets Hydra chose (names a preset that shares its arch, see ``model_name``)."""
     trains_teacher = cfg.task == "teacher"
     has_teacher = not trains_teacher and cfg.method.name != "none"
     model = cfg.teacher if trains_teacher else cfg.student
+    choices = choices or {}
     terms = [
-        f"{term}.{key}={value}"
+        f"{path}={value}"
         for term, args in cfg.method.terms.items()
-        for key, value in args.items()
-        if not key.startswith("_") and value is not None and not (key in MODIFIERS and value is False)
+        for path, key, value in _arguments(str(term), args)
+        if value is not None and not (key in MODIFIERS and value is False)
     ]
     published = cfg.get("published") or {}
 
@@ -784,13 +1324,16 @@ def row(name: str, cfg: DictConfig) -> dict[str, str]:
 
     return {
         "file": name,
-        "teacher": cfg.teacher.arch if trains_teacher or has_teacher else "-",
-        "student": "-" if trains_teacher else cfg.student.arch,
-        "method": "teacher" if trains_teacher else cfg.method.name,
+        "teacher": model_name("teacher", choices.get("teacher"), cfg.teacher.arch)
+        if trains_teacher or has_teacher
+        else "-",
+        "student": "-" if trains_teacher else model_name("student", choices.get("student"), cfg.student.arch),
+        "method": "teacher" if trains_teacher else label(cfg),
         "lr": str(model.optimizer.lr),
         "epochs": str(cfg.teacher.max_epochs if trains_teacher else cfg.trainer.max_epochs),
         "batch": str(cfg.teacher.batch_size if trains_teacher else cfg.data.batch_size),
         "weights": "-" if trains_teacher else " ".join(terms),
+        "notes": "-" if trains_teacher else notes(cfg),
         "published teacher": pct("teacher_acc"),
         "published student": pct("student_acc"),
         "published method": pct("method_acc"),
@@ -800,8 +1343,11 @@ def row(name: str, cfg: DictConfig) -> dict[str, str]:
 
 def rows(dataset: str) -> list[dict[str, str]]:
     """Every recipe of ``dataset``: teachers, then students alone, then the distillation rows
-    grouped by teacher -> student pair."""
-    out = [row(name, resolved(dataset, name)) for name in recipe_names(dataset)]
+    grouped by teacher -> student pair. The notes column only where a row has a note."""
+    out = [row(name, *composed(dataset, name)) for name in recipe_names(dataset)]
+    if all(r["notes"] == "-" for r in out):
+        for r in out:
+            del r["notes"]
     kind = {"teacher": 0, "none": 1}
     return sorted(out, key=lambda r: (kind.get(r["method"], 2), r["teacher"], r["student"], r["file"]))
 
@@ -811,29 +1357,60 @@ def markdown(body: list[dict[str, str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def pivot(body: list[dict[str, str]]) -> str:
+def pivot(
+    body: list[dict[str, str]], methods: tuple[str, ...] | None = None, order: list[tuple[str, str]] | None = None
+) -> str:
     """The published accuracies of the distillation rows: one row per teacher -> student pair, one
-    column per method, and the pair's published teacher and student. "n/t": a recipe whose number is
-    not transcribed; blank: no recipe (the sources have no number there)."""
+    column per method, and the pair's published teacher and student (the value most of its rows
+    give: a source's own baseline, as SimKD's, shows in its files). "n/t": a recipe whose number is
+    not transcribed; blank: no recipe (the sources have no number there). ``methods``: the columns
+    (default: every method of ``body``, METHODS' first); ``order``: the pairs' (default: the CRD
+    README's, then the others sorted)."""
     distill = [r for r in body if r["method"] not in ("teacher", "none")]
-    methods = [m for m in METHODS if any(r["method"] == m for r in distill)]
-    methods += sorted({r["method"] for r in distill} - set(methods))
+    if methods is None:
+        methods = tuple(m for m in METHODS if any(r["method"] == m for r in distill))
+        methods += tuple(sorted({r["method"] for r in distill} - set(methods)))
+    else:
+        methods = tuple(m for m in methods if any(r["method"] == m for r in distill))
+        distill = [r for r in distill if r["method"] in methods]
     cells: dict[tuple[str, str], dict[str, str]] = {}
+    given: dict[tuple[str, str, str], Counter] = {}
     for r in distill:
-        pair = cells.setdefault((r["teacher"], r["student"]), {"teacher": "-", "student": "-"})
+        pair = cells.setdefault((r["teacher"], r["student"]), {})
         pair[r["method"]] = "n/t" if r["published method"] == "-" else r["published method"]
         for role in ("teacher", "student"):
             if r[f"published {role}"] != "-":
-                pair[role] = r[f"published {role}"]
-    order = {(arch_of(t, "teacher"), arch_of(s, "student")): i for i, (t, s) in enumerate(pairs())}
-    keys = sorted(cells, key=lambda k: (order.get(k, len(order)), k))
+                given.setdefault((r["teacher"], r["student"], role), Counter())[r[f"published {role}"]] += 1
+    for (t, s, role), counts in given.items():
+        cells[t, s][role] = counts.most_common(1)[0][0]
+    if order is None:
+        order = [
+            (model_name("teacher", t, arch_of(t, "teacher")), model_name("student", s, arch_of(s, "student")))
+            for t, s in pairs()
+        ]
+    rank = {pair: i for i, pair in enumerate(order)}
+    keys = sorted(cells, key=lambda k: (rank.get(k, len(rank)), k))
     head = ["teacher -> student", "teacher", "student", *methods]
     lines = [head, ["---"] * len(head)]
     lines += [
-        [f"{t} -> {s}", cells[t, s]["teacher"], cells[t, s]["student"], *(cells[t, s].get(m, "") for m in methods)]
+        [
+            f"{t} -> {s}",
+            cells[t, s].get("teacher", "-"),
+            cells[t, s].get("student", "-"),
+            *(cells[t, s].get(m, "") for m in methods),
+        ]
         for t, s in keys
     ]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def new_pairs() -> list[tuple[str, str]]:
+    """The pairs of the 2022-2024 tables as the tables name them: the LS-KD README's, then DOT's and SimKD's."""
+    out = [
+        (model_name("teacher", t, arch_of(t, "teacher")), model_name("student", s, arch_of(s, "student")))
+        for t, s in dict.fromkeys((c.teacher, c.student) for c in new_cells().values())
+    ]
+    return list(dict.fromkeys(out))
 
 
 def sources(body: list[dict[str, str]], dataset: str) -> str:
@@ -861,6 +1438,14 @@ def resolved_preset(group: str, preset: str) -> str:
     return compose([f"{group}={preset}"])[0][group].arch
 
 
+#: The caption of the second table of published numbers (the 2022-2024 methods).
+NEW_CAPTION = (
+    "The 2022-2024 methods: published top-1 accuracy (%) by pair (+LS: logit standardization; +DOT: trained "
+    "with the DOT optimizer; f: SimKD's projector factor; the MLKD rows train on a strong view too; teacher and "
+    "student: the presets' published accuracies, the SimKD README's own student baselines are in its files):"
+)
+
+
 def table(dataset: str) -> str:
     """The README's tables of ``dataset``'s recipes: published numbers by pair and method, where
     they come from, and every file's recipe."""
@@ -871,15 +1456,15 @@ def table(dataset: str) -> str:
     ]
     if all(r["source"] == "-" for r in body):  # no published numbers: the recipes alone
         return "\n\n".join(every)
-    return "\n\n".join(
-        [
-            "Published top-1 accuracy (%) by pair and method (n/t: not transcribed; blank: no number in the sources):",
-            pivot(body),
-            "Sources and protocols of the published numbers:",
-            sources(body, dataset),
-            *every,
-        ]
-    )
+    new = [r for r in body if r["method"] in NEW_LABELS]
+    old = [r for r in body if r["method"] not in NEW_LABELS]
+    parts = [
+        "Published top-1 accuracy (%) by pair and method (n/t: not transcribed; blank: no number in the sources):",
+        pivot(old),
+    ]
+    if new:
+        parts += [NEW_CAPTION, pivot(new, NEW_LABELS, new_pairs())]
+    return "\n\n".join([*parts, "Sources and protocols of the published numbers:", sources(body, dataset), *every])
 
 
 def split_readme(dataset: str) -> tuple[str, str, str]:

@@ -42,7 +42,17 @@ log = logging.getLogger(__name__)
 #: Bump when a change to kdlab would make previously cached teachers differ from new ones.
 CACHE_FORMAT = 1
 #: Data keys that do not change what a model learns.
-DATA_KEYS_IGNORED = ("batch_size", "eval_batch_size", "num_workers", "root", "download")
+# a teacher trains on the weak view alone: the strong view's settings (MLKD's) are not part of its recipe
+DATA_KEYS_IGNORED = (
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "root",
+    "download",
+    "strong_view",
+    "strong_max_shift",
+    "strong_noise_std",
+)
 WEIGHTS_FILE = "teacher.safetensors"
 
 
@@ -110,7 +120,7 @@ def train_teacher(run: RunContext, t: DictConfig, **fit) -> OfflineDistillation:
     """Train teacher ``t`` with its own recipe (seed, epochs, batch size, optimizer) on cross-entropy;
     ``fit`` goes to ``RunContext.fit`` (no checkpoints, one device, ...)."""
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    data = instantiate(run.cfg.data, batch_size=t.batch_size)
+    data = instantiate(run.cfg.data, batch_size=t.batch_size, strong_view=False)
     run = run.child(data=data)
     return train_offline(run, run.model(t, "teacher"), t, {"ce": CrossEntropy()}, max_epochs=t.max_epochs, **fit)
 

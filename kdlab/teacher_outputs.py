@@ -89,6 +89,9 @@ DATA_KEYS_IGNORED = (
     "pin_memory",
     "persistent_workers",
     "prefetch_factor",
+    "strong_view",  # the store holds the weak views' logits; a strong view is never cached
+    "strong_max_shift",
+    "strong_noise_std",
 )
 
 

@@ -92,6 +92,8 @@ def _run(cfg, output_dir: Path, overrides, callbacks, tags, summary, experiment,
             results["overrides"] = list(overrides)
             results["wandb"] = wandb_info()
             results["experiment"] = experiment  # for `kdlab-compare --by experiment`
+            # the training batches carried a strongly augmented view too (MLKD): `kdlab-compare --by strong_view`
+            results["strong_view"] = bool(getattr(data, "strong_view", False))
             results["published"] = OmegaConf.to_container(cfg.published, resolve=True) if cfg.get("published") else None
             results.update(resume.results())  # resumed_from: the epoch continued from (null: a fresh start)
             results.update(strategy.results(data))

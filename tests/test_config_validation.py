@@ -58,8 +58,9 @@ def test_invalid_values_are_refused_in_one_line(overrides, message):
 def test_every_shipped_config_is_valid():
     from tests.test_configs import EXPERIMENTS, OPTIONS
 
+    needs = {"data=imagefolder": ["data.root=/some/folder"], "method=mlkd": ["data.strong_view=true"]}
     for overrides in [[f"{g}={o}"] for g, o in OPTIONS] + [[f"experiments={e}"] for e in EXPERIMENTS]:
-        cfg, _ = compose([*overrides, "data.root=/some/folder"] if "data=imagefolder" in overrides else overrides)
+        cfg, _ = compose([*overrides, *needs.get(overrides[0], [])])
         cfg.paths.output_dir = "/unused"
         validate(cfg)
 

@@ -132,7 +132,9 @@ def test_a_term_that_cannot_take_standardize_is_refused_in_one_line():
         validate(cfg)
     message = str(e.value)
     assert "\n" not in message and message.startswith("method.terms.at.standardize: AT takes no argument")
-    assert "standardize is an option of the logit terms kd (kdlab.methods.KD), dkd (DKD) and dist (DIST)" in message
+    assert (
+        "standardize is an option of the logit terms kd (kdlab.methods.KD), dkd (DKD), dist (DIST) and mlkd" in message
+    )
 
 
 @pytest.mark.parametrize("method", ["kd", "dkd", "dist"])

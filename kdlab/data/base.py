@@ -3,6 +3,7 @@ carved from the training set, and loaders that serve in-memory tensors a batch a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -12,6 +13,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdlab.config import Fraction, NonNegativeInt, PositiveInt, Seed
+from kdlab.errors import KdlabError
+
+#: The data whose modules make a strong view (``KDDataModule.makes_strong_view``), named in refusals.
+STRONG_VIEW_DATA = "cifar10, cifar100, mnist1d"
 
 
 class TensorBatches(Dataset):
@@ -139,9 +144,22 @@ class KDDataModule(pl.LightningDataModule):
     ``preprocess`` runs on the device after transfer (normalisation, batch augmentation), and a
     training batch whose augmentation draws enumerable views is ``(x, y, index, view)``
     (``train_views``).
+
+    ``strong_view``: every training batch also carries a strongly augmented view of the same
+    samples, ``(x, y, index, view, x_strong)`` (``view`` None when the augmentation's views are not
+    enumerable or there is none), ``x_strong`` preprocessed like ``x``; validation and test batches
+    are unchanged. Its random draws are made after the weak view's, from a generator of their own
+    (``strong_generator``, kept in checkpoints) that draws nothing from torch's: every batch's ``x``
+    and ``view``, and the order of the batches, are bit for bit those without the strong view for
+    the same seed, and ``train_views``, the views the teacher-output cache enumerates, is the same.
+    Only modules with ``makes_strong_view`` make one; the others refuse ``strong_view=True`` in one
+    line.
     """
 
     name: str = "?"
+    #: Whether the module can make a strong view (``strong_view``); a subclass that can sets it and
+    #: adds ``x_strong`` to its training batches in ``preprocess``.
+    makes_strong_view: bool = False
 
     def __init__(
         self,
@@ -151,8 +169,17 @@ class KDDataModule(pl.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
+        strong_view: bool = False,
     ):
         super().__init__()
+        if strong_view and not self.makes_strong_view:
+            raise KdlabError(
+                f"data.strong_view=true: {self.name} has no strong view; the data that have one: "
+                f"{STRONG_VIEW_DATA}; set data.strong_view=false or use one of them"
+            )
+        self.strong_view = strong_view
+        self._strong_generators: dict[str, torch.Generator] = {}  # per device (``strong_generator``)
+        self._strong_generator_states: dict[str, Tensor] = {}  # restored from a checkpoint, not yet in use
         self.shuffle = shuffle  # False: the training batches in the same order every epoch (the MNIST-1D paper's loop)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
@@ -261,6 +288,47 @@ class KDDataModule(pl.LightningDataModule):
         self.setup()
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
+    def strong_generator(self, device: torch.device | str) -> torch.Generator:
+        """The generator of the strong views of training batches on ``device``: one of their own, so
+        that they draw nothing from torch's (the weak views and the batch order stay those of the same
+        seed without the strong view). Made at the first strong view, seeded from a hash of the state
+        of torch's generator on ``device`` then (read, not drawn from: the run's seed decides it), and
+        kept in checkpoints (``state_dict``), so a resumed fit draws the strong views it would have."""
+        device = torch.device(device)
+        key = str(device)
+        generator = self._strong_generators.get(key)
+        if generator is None:
+            generator = torch.Generator(device)
+            saved = self._strong_generator_states.pop(key, None)
+            if saved is not None:
+                generator.set_state(saved)
+            else:
+                if device.type == "cpu":
+                    state = torch.get_rng_state()
+                elif device.type == "cuda":
+                    state = torch.cuda.get_rng_state(device)
+                else:
+                    state = torch.get_device_module(device.type).get_rng_state()
+                digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8, person=b"kdlab-strong").digest()
+                generator.manual_seed(int.from_bytes(digest, "little") >> 1)
+            self._strong_generators[key] = generator
+        return generator
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the data module: the strong views' generator states, if any."""
+        if not self._strong_generators:
+            return {}
+        return {"strong_generators": {k: g.get_state() for k, g in self._strong_generators.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Puts back the strong views' generators of a checkpoint (``state_dict``), on their next use."""
+        self._strong_generators = {}
+        self._strong_generator_states = dict(state_dict.get("strong_generators", {}))
+
+    def strong_view_summary(self) -> str:
+        """What the strong view is, for ``describe`` (a subclass with ``makes_strong_view`` says)."""
+        return "a strong view"
+
     def describe(self) -> str:
         self.setup()
         sizes = "/".join(str(len(d)) for d in (self.train_set, self.val_set, self.test_set))
@@ -268,4 +336,5 @@ class KDDataModule(pl.LightningDataModule):
             sizes = f"{len(self.train_set)}/{len(self.test_set)} train/test (validation on the test set)"
         else:
             sizes += " train/val/test"
-        return f"{self.name}: {sizes}, input {tuple(self.input_shape)}, {self.num_classes} classes"
+        strong = f"; training batches also carry {self.strong_view_summary()}" if self.strong_view else ""
+        return f"{self.name}: {sizes}, input {tuple(self.input_shape)}, {self.num_classes} classes{strong}"

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from kdlab.config import Fraction, NonNegativeInt, PositiveInt, Seed
 from kdlab.data.base import KDDataModule, TensorBatches, TrainViews, split_indices
+from kdlab.data.strong import RandAugmentDraw, draw_rand_augment, rand_augment
 from kdlab.errors import KdlabError
 
 # torchvision's layout of the extracted archives: folder, train files, test files, label key.
@@ -76,15 +77,17 @@ PAD = 4
 CROP_FLIP_VIEWS = (2 * PAD + 1) ** 2 * 2
 
 
-def draw_crop_flip(b: int, pad: int = PAD, device: torch.device | str | None = None) -> Tensor:
+def draw_crop_flip(
+    b: int, pad: int = PAD, device: torch.device | str | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """Random views of the padded crop + flip for ``b`` images, as view ids (``crop_flip``): the
     top offset, the left offset (each uniform in 0..2 pad) and the flip (probability 1/2), drawn
     in that order with the same calls as before the views were made explicit, so a seed gives
-    the same crops and flips as it did."""
+    the same crops and flips as it did; from ``generator`` (default: torch's on ``device``)."""
     n = 2 * pad + 1
-    top = torch.randint(0, n, (b, 1), device=device)
-    left = torch.randint(0, n, (b, 1), device=device)
-    flip = torch.rand(b, 1, device=device) < 0.5
+    top = torch.randint(0, n, (b, 1), device=device, generator=generator)
+    left = torch.randint(0, n, (b, 1), device=device, generator=generator)
+    flip = torch.rand(b, 1, device=device, generator=generator) < 0.5
     return ((top * n + left) * 2 + flip.long()).view(b)
 
 
@@ -118,7 +121,17 @@ class CIFAR(KDDataModule):
     one of 162 view ids per image that the batch carries, ``(x, y, index, view)``, so the
     teacher-output cache can store a row per (image, view); all batches are normalised with the
     dataset's channel mean/std.
+
+    ``strong_view``: training batches are ``(x, y, index, view, x_strong)`` (``view`` None without
+    ``augment``), ``x_strong`` the strong view of MLKD's authors (Jin et al., CVPR 2023; their
+    ``get_cifar100_train_transform_strong``): a padded crop + flip of its own (their ``MultipleApply``
+    runs the weak and the strong transform apart on the stored image), then their ``RandAugment(2,
+    10)`` with its Cutout (``kdlab.data.strong``), normalised like ``x``; with or without ``augment``.
+    Its draws (``draw_strong``) follow the weak view's, from their own generator
+    (``KDDataModule.strong_generator``): the weak views are those drawn without the strong view.
     """
+
+    makes_strong_view = True
 
     def __init__(
         self,
@@ -132,8 +145,9 @@ class CIFAR(KDDataModule):
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
+        strong_view: bool = False,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle, strong_view)
         if classes not in LAYOUT:
             raise KdlabError(f"CIFAR has 10 or 100 classes, got classes={classes}")
         self.name = f"cifar{classes}"
@@ -163,10 +177,34 @@ class CIFAR(KDDataModule):
 
     def preprocess(self, batch, train: bool):
         x, y, *rest = batch
+        index = rest[0] if rest else None
         if train and self.augment:  # (x, y, index, view): the view each image was drawn in
             views = draw_crop_flip(len(x), PAD, x.device)
-            return (self.view_inputs(x, views), y, rest[0] if rest else None, views)
-        return (self.view_inputs(x, None), y, *rest)
+            out = (self.view_inputs(x, views), y, index, views)
+        elif train and self.strong_view:
+            out = (self.view_inputs(x, None), y, index, None)
+        else:
+            return (self.view_inputs(x, None), y, *rest)
+        if self.strong_view:  # drawn after the weak view, from the strong view's own generator
+            draws = self.draw_strong(len(x), x.device, self.strong_generator(x.device))
+            out = (*out, self.strong_inputs(x, *draws))
+        return out
+
+    def draw_strong(
+        self, b: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, RandAugmentDraw]:
+        """The random choices of ``b`` strong views, from ``generator``: their crop + flip view ids
+        (``draw_crop_flip``), then their RandAugment (``draw_rand_augment``)."""
+        views = draw_crop_flip(b, PAD, device, generator)
+        return views, draw_rand_augment(b, *self.input_shape[1:], device=device, generator=generator)
+
+    def strong_inputs(self, x: Tensor, views: Tensor, draw: RandAugmentDraw) -> Tensor:
+        """The strong view of stored uint8 images ``x`` (b, 3, 32, 32) with the choices ``draw_strong``
+        made: cropped and flipped (``views``), RandAugment-ed (``draw``), scaled and normalised."""
+        return self.view_inputs(rand_augment(crop_flip(x, views, PAD), draw), None)
+
+    def strong_view_summary(self) -> str:
+        return "a strong view (its own crop + flip, then the MLKD authors' RandAugment(2, 10) + Cutout)"
 
     def train_views(self) -> TrainViews:
         if not self.augment:

@@ -26,8 +26,10 @@ class Digits(KDDataModule):
         num_workers: NonNegativeInt = 0,
         eval_batch_size: PositiveInt | None = None,
         shuffle: bool = True,
+        strong_view: bool = False,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
+        # strong_view=True is refused (KDDataModule): no strong view is defined for these digits
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle, strong_view)
         self.image_size, self.test_fraction = image_size, test_fraction
         self.num_classes, self.input_shape = 10, (1, image_size, image_size)
 

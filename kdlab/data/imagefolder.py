@@ -249,8 +249,10 @@ class ImageFolderData(KDDataModule):
         persistent_workers: bool = True,
         prefetch_factor: PositiveInt | None = None,
         in_memory: bool | None = None,
+        strong_view: bool = False,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
+        # strong_view=True is refused (KDDataModule): no strong view is defined for image folders
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle, strong_view)
         self.root = Path(root)
         if not self.root.is_dir():
             raise KdlabError(f"image folder {self.root} does not exist; set data.root=<folder of class sub-folders>")

@@ -50,6 +50,7 @@ class ImageNet(ImageFolderData):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         shuffle: bool = True,
+        strong_view: bool = False,
     ):
         root_path = Path(root)
         if not root_path.is_dir():
@@ -80,6 +81,7 @@ class ImageNet(ImageFolderData):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             prefetch_factor=prefetch_factor,
+            strong_view=strong_view,  # True is refused in one line (KDDataModule): no strong view for ImageNet
         )
 
     def build(self):

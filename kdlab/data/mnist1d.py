@@ -89,6 +89,22 @@ def load_mnist1d(root: str | Path, num_samples: PositiveInt = 5000, seed: int = 
     return arrays
 
 
+def shift_and_noise(
+    x: torch.Tensor, max_shift: int, noise_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Each signal shifted by a uniform draw in -max_shift..max_shift steps (edge-padded), then
+    Gaussian noise of ``noise_std`` added; each part skipped (no draw) when it is 0; drawn from
+    ``generator`` (default: torch's on x's device).  x: (b, 1, L)"""
+    if max_shift:
+        b, _, n = x.shape
+        shift = torch.randint(-max_shift, max_shift + 1, (b, 1), device=x.device, generator=generator)
+        idx = (torch.arange(n, device=x.device) - shift).clamp(0, n - 1)  # (b, L)
+        x = x.gather(2, idx.unsqueeze(1))
+    if noise_std:
+        x = x + noise_std * torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    return x
+
+
 class MNIST1D(KDDataModule):
     """MNIST-1D: 1-D signals of the ten digit templates, shifted, scaled, sheared and noised.
 
@@ -96,9 +112,18 @@ class MNIST1D(KDDataModule):
     arguments give 4000 train / 1000 test sequences of length 40; the published test
     accuracies are logistic 32%, MLP 68%, CNN 94% (no augmentation). Inputs are ``(1, 40)``,
     already standardised. ``noise_std`` / ``max_shift`` augment training batches on the device.
+
+    ``strong_view``: training batches are ``(x, y, index, None, x_strong)``. MLKD's authors define a
+    strong view for images only (RandAugment + Cutout, ``kdlab.data.cifar``); this 1-D one is kdlab's
+    own, not theirs: the stored signal shifted by up to ``strong_max_shift`` steps (edge-padded, uniform
+    over -s..s) plus Gaussian noise of ``strong_noise_std``, the same two perturbations as the weak
+    view's, larger by default, drawn apart from the weak view's and after them, from a generator of
+    their own (``KDDataModule.strong_generator``). ``view`` is None: the weak views of MNIST-1D are
+    one (the stored signal) or not enumerable (noise, shifts).
     """
 
     name = "mnist1d"
+    makes_strong_view = True
 
     def __init__(
         self,
@@ -114,25 +139,40 @@ class MNIST1D(KDDataModule):
         shuffle: bool = True,
         noise_std: NonNegativeFloat = 0.0,
         max_shift: NonNegativeInt = 0,
+        strong_view: bool = False,
+        strong_max_shift: NonNegativeInt = 4,
+        strong_noise_std: NonNegativeFloat = 0.4,
     ):
-        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle)
+        super().__init__(batch_size, val_fraction, split_seed, num_workers, eval_batch_size, shuffle, strong_view)
+        if strong_view and not (strong_max_shift or strong_noise_std):
+            raise KdlabError(
+                "data.strong_view=true with data.strong_max_shift=0 and data.strong_noise_std=0 makes no "
+                "strong view (the stored signal); set either above 0 (e.g. strong_max_shift=4, strong_noise_std=0.4)"
+            )
         self.noise_std, self.max_shift = noise_std, max_shift
+        self.strong_max_shift, self.strong_noise_std = strong_max_shift, strong_noise_std
         self.root, self.num_samples = root, num_samples
         self.generation_seed, self.shuffle_seq = generation_seed, shuffle_seq
         self.num_classes, self.input_shape = CLASSES, (1, LENGTH)
 
     def preprocess(self, batch, train: bool):
         """Training batches only: a random shift of up to ``max_shift`` steps (edge-padded) and
-        Gaussian noise of ``noise_std`` (the signals are standardised, so 0.2 is 20% of their std)."""
-        x, y, *rest = batch  # (b, 1, L), (b,), [index]
-        if train and self.max_shift:
-            b, _, n = x.shape
-            shift = torch.randint(-self.max_shift, self.max_shift + 1, (b, 1), device=x.device)
-            idx = (torch.arange(n, device=x.device) - shift).clamp(0, n - 1)  # (b, L)
-            x = x.gather(2, idx.unsqueeze(1))
-        if train and self.noise_std:
-            x = x + self.noise_std * torch.randn_like(x)
+        Gaussian noise of ``noise_std`` (the signals are standardised, so 0.2 is 20% of their std);
+        with ``strong_view``, then the strong view of the stored signals (``strong_max_shift``,
+        ``strong_noise_std``), drawn after."""
+        stored, y, *rest = batch  # (b, 1, L), (b,), [index]
+        x = shift_and_noise(stored, self.max_shift, self.noise_std) if train else stored
+        if train and self.strong_view:
+            g = self.strong_generator(stored.device)  # its own generator: the weak draws are unchanged
+            strong = shift_and_noise(stored, self.strong_max_shift, self.strong_noise_std, g)
+            return (x, y, rest[0] if rest else None, None, strong)
         return (x, y, *rest)
+
+    def strong_view_summary(self) -> str:
+        return (
+            f"a strong view (kdlab's own: shift up to {self.strong_max_shift} steps + "
+            f"Gaussian noise of std {self.strong_noise_std})"
+        )
 
     def train_views(self) -> TrainViews:
         if self.noise_std:

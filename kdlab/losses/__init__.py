@@ -16,6 +16,13 @@ from kdlab.losses.feature import (
     vid_log_scale,
     vid_loss,
 )
+from kdlab.losses.multilevel import (
+    batch_level_loss,
+    class_level_loss,
+    confidence_masks,
+    instance_level_loss,
+    mlkd_loss,
+)
 from kdlab.losses.relation import cc_kernel_loss, cc_loss, crd_loss, pkt_loss, rkd_loss, sp_loss
 from kdlab.losses.response import (
     dist_loss,
@@ -33,6 +40,11 @@ __all__ = [
     "dkd_loss",
     "dist_loss",
     "tf_kd_loss",
+    "mlkd_loss",
+    "instance_level_loss",
+    "batch_level_loss",
+    "class_level_loss",
+    "confidence_masks",
     "hint_loss",
     "at_loss",
     "attention_map",

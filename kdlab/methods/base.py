@@ -38,6 +38,12 @@ class StepOutputs:
     teacher_feats: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None  # (b,) position of each sample in the training split
     epoch: int = 0  # 0-based
+    max_epochs: int | None = None  # the fit's number of epochs (curricula: CTKD)
+    # both models' logits on the strong view of the same samples (data.strong_view, for terms that
+    # read it: MLKD), None otherwise
+    student_logits_strong: Tensor | None = None  # (b, c)
+    teacher_logits_strong: Tensor | None = None  # (b, c), no grad
+    student_dist_logits: Tensor | None = None  # (b, c) a DeiT student's distillation-token head (training)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,15 @@ class Term(nn.Module):
     """One weighted term. Subclasses implement ``loss``; ``forward`` returns it already weighted."""
 
     needs_teacher: bool = True
+    #: the term reads ``StepOutputs.*_logits_strong``: the strategy runs both models on the strong view
+    #: of each batch too (``data.strong_view=true``; MLKD)
+    reads_strong_view: bool = False
+    #: the term reads ``StepOutputs.student_dist_logits``: the student is a DeiT model with a
+    #: distillation token, trained with its two heads apart (``set_distilled_training(True)``)
+    distillation_token: bool = False
+    #: the task loss (cross-entropy with the labels) of DOT's split: its gradient gets the task
+    #: momentum, every other term's the distillation momentum (``kdlab.optim.DOT``)
+    task_loss: bool = False
     #: the reference trains with the teacher in train mode (its BatchNorms normalise with batch
     #: statistics; OFD). The strategy does so and restores the teacher's running statistics after.
     teacher_train_mode: bool = False
@@ -98,6 +113,13 @@ class Term(nn.Module):
 
     def init_phase(self) -> InitPhase | None:
         """The phase this term trains before the student's training, if any. Default: none."""
+        return None
+
+    def deployable(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module | None:
+        """The model that is deployed instead of ``student`` once this term is built, which the
+        strategy then trains, validates and exports (SimKD: the student, its projector and the
+        teacher's classifier). It carries ``kdlab_arch`` and ``kdlab_kwargs``, which rebuild it
+        (``kdlab.models.create_model``). Default: None, the student itself."""
         return None
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:

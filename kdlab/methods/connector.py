@@ -21,12 +21,14 @@ from kdlab.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, Positi
 from kdlab.errors import KdlabError
 from kdlab.losses.connector import ab_loss, ft_loss, hcl_loss, ofd_loss, ofd_margin
 from kdlab.methods.base import FeatureTerm, InitPhase, StepOutputs, feature_modules, last_pairs
-from kdlab.methods.feature import BN, CONV, CONV_T, conv_connector
+from kdlab.methods.feature import BN, CONV, CONV_T, conv_connector, refuse_token_sequences
 from kdlab.models import PRE_LOGITS, bn_before_relu, feature_stages, preact_stages
 
 
 def require_maps(method: str, feats: dict[str, Tensor], paths: Sequence[str]) -> int:
-    """The spatial rank (1 or 2) shared by the tapped maps ``paths``; one KdlabError line otherwise."""
+    """The spatial rank (1 or 2) shared by the tapped maps ``paths``; one KdlabError line otherwise (a
+    ViT's token sequences (b, n, d) included)."""
+    refuse_token_sequences(method, feats, paths)
     dims = set()
     for path in paths:
         f = feats[path]

@@ -1,4 +1,10 @@
-"""Feature-based terms: the student matches the teacher's intermediate feature maps."""
+"""Feature-based terms: the student matches the teacher's intermediate feature maps.
+
+A ViT's tapped blocks give token sequences (b, n, d) (``kdlab.models.vit.is_token_sequence``), not
+feature maps: FitNet takes them (a linear regressor on d per token), as do SP, PKT, RKD, CC and CRD
+(``kdlab.methods.relation``: they flatten each sample); AT, VID, NST, FSP and the connector terms
+(AB, FT, OFD, ReviewKD) refuse them in one line (``refuse_token_sequences``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from kdlab.losses.feature import fsp_loss, match_spatial, nst_loss, vid_log_scal
 from kdlab.methods.base import FeatureTerm, InitPhase, StepOutputs, feature_modules
 from kdlab.models import INPUT, feature_stages, zoo
 from kdlab.models.cifar import VGG, MobileNetV2
+from kdlab.models.vit import is_token_sequence
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}
@@ -38,13 +45,36 @@ def conv_connector(method: str, student_shape: Sequence[int], teacher_shape: Seq
     )
 
 
-def regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+#: The terms that take a ViT's token sequences (b, n, d) as features
+TOKEN_TERMS = "FitNet, SP, PKT, RKD, CC, CRD"
+
+
+def refuse_token_sequences(method: str, feats: dict[str, Tensor], paths: Sequence[str]) -> None:
+    """One-line refusal of a tapped ViT token sequence (b, n, d) by a term that needs feature maps."""
+    for path in paths:
+        if is_token_sequence(feats[path]):
+            raise KdlabError(
+                f"{method} needs feature maps, but tap '{path}' gives a ViT token sequence (b, n, d) "
+                f"{tuple(feats[path].shape)}; the terms that take token sequences: {TOKEN_TERMS}"
+            )
+
+
+def regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], tokens: bool = False) -> nn.Module:
     """FitNets' learnable regressor from a student feature shape to a teacher one (no batch dim).
 
     Maps of the same rank get RepDistiller's ``ConvReg`` (``conv_connector`` -> BN -> ReLU).
-    Anything else (vectors, ranks that differ) is flattened into a linear map.
+    ``tokens`` (a ViT's token sequences on both sides, (n, d_s) -> (n, d_t), as many tokens): a
+    linear map of each token's embedding, d_s -> d_t (kdlab's choice; FitNets has no ViT).
+    Anything else (vectors, ranks that differ, token counts that differ) is flattened into a
+    linear map.
     """
     s, t = tuple(student_shape), tuple(teacher_shape)
+    if tokens and len(s) == len(t) == 2 and s[0] == t[0]:
+        return nn.Linear(s[1], t[1])
+    if tokens:
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())), nn.Unflatten(1, t)
+        )
     if len(s) == len(t) and len(s) - 1 in CONV:
         return nn.Sequential(conv_connector("FitNet", s, t), BN[len(s) - 1](t[0]), nn.ReLU())
     return nn.Sequential(
@@ -83,7 +113,11 @@ class FitNet(FeatureTerm):
 
     def build(self, student_feats, teacher_feats):
         self.regressors = nn.ModuleList(
-            regressor(student_feats[s].shape[1:], teacher_feats[t].shape[1:])
+            regressor(
+                student_feats[s].shape[1:],
+                teacher_feats[t].shape[1:],
+                tokens=is_token_sequence(student_feats[s]) or is_token_sequence(teacher_feats[t]),
+            )
             for s, t in zip(self.student_taps, self.teacher_taps)
         )
 
@@ -109,6 +143,8 @@ class AT(FeatureTerm):
         return self.last_stage_pairs(student_stages, teacher_stages)
 
     def build(self, student_feats, teacher_feats):
+        refuse_token_sequences("AT", student_feats, self.student_taps)
+        refuse_token_sequences("AT", teacher_feats, self.teacher_taps)
         for path, f in [
             *((p, student_feats[p]) for p in self.student_taps),
             *((p, teacher_feats[p]) for p in self.teacher_taps),
@@ -124,8 +160,11 @@ class AT(FeatureTerm):
 
 
 def _check_maps(term: FeatureTerm, student_feats, teacher_feats, ranks: tuple[int, ...], need: str) -> None:
-    """One-line refusal of tapped features whose rank the term cannot take, or of paired maps of different ranks."""
+    """One-line refusal of tapped features whose rank the term cannot take, of paired maps of different
+    ranks, or of a ViT's token sequences."""
     name = type(term).__name__
+    refuse_token_sequences(name, student_feats, term.student_taps)
+    refuse_token_sequences(name, teacher_feats, term.teacher_taps)
     for s, t in zip(term.student_taps, term.teacher_taps):
         for path, f in ((s, student_feats[s]), (t, teacher_feats[t])):
             if f.dim() not in ranks:

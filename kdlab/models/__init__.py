@@ -1,6 +1,7 @@
 """Model factory (timm names + the kdlab zoo registered into timm), feature taps, checkpoints."""
 
-from kdlab.models import cifar, zoo  # noqa: F401  (register the kdlab zoo and the CRD/DKD CIFAR zoo into timm)
+# register into timm: the kdlab zoo, the CRD/DKD CIFAR zoo, SimKD's deployable student (arch "simkd")
+from kdlab.models import cifar, simkd, zoo  # noqa: F401
 from kdlab.models.factory import check_model, count_params, create_model
 from kdlab.models.taps import (
     INPUT,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdlab.errors import KdlabError, did_you_mean
+from kdlab.models.vit import is_vit, vit_kwargs
 from kdlab.models.zoo import ZOO
 
 
@@ -29,6 +30,8 @@ def create_model(
     ``role``), into a timm model through timm (safetensors or ``weights_only`` torch files; the
     classifier is re-initialised when the class count differs).
     ``pretrained=True`` without a path fetches hub weights and fails clearly when offline.
+    timm's ViT family (``vit_*``, ``deit_*``, ``deit_*_distilled_*``) is built for the data's image
+    size, with a patch size that fits it unless ``kwargs`` give them (``kdlab.models.vit``).
     """
     if arch not in ZOO and not timm.is_model(arch):
         raise KdlabError(
@@ -36,6 +39,8 @@ def create_model(
             f"kdlab models: {', '.join(sorted(ZOO))}, or any name from timm.list_models()"
         )
     model_kwargs = dict(kwargs)  # the architecture's own arguments (channels, widths, ...)
+    if arch not in ZOO and is_vit(arch):  # img_size / patch_size from the data unless given
+        kwargs = {**vit_kwargs(arch, input_shape, kwargs), **kwargs}
     kwargs = dict(kwargs, num_classes=num_classes, in_chans=input_shape[0])
     if arch in ZOO:
         kwargs["input_size"] = tuple(input_shape[1:])
@@ -60,6 +65,10 @@ def create_model(
             ) from e
         raise KdlabError(f"cannot build {arch} with {kwargs} ({type(e).__name__}: {e})") from e
     check_model(model, arch, num_classes, input_shape)
+    model.kdlab_arch, model.kdlab_kwargs = (
+        arch,
+        model_kwargs,
+    )  # what rebuilds it (SimKD's deployable model records them)
     return model
 
 

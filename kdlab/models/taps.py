@@ -4,6 +4,10 @@ rewriting the model. Works the same on timm models and the kdlab zoo.
 A tap path names a module whose output is recorded (``layer3``, ``blocks.2``), or, with the
 suffix ``:input``, a module whose (first) input is recorded (``layer1.1.act2:input``: the value
 an activation receives, i.e. a pre-activation; cloned when the module works in place).
+
+On a timm ViT-family model (``kdlab.models.vit.is_token_model``) every recorded 3-D value is a
+token sequence (b, n, d) and is marked as one (``kdlab.models.vit.is_token_sequence``), so that
+the terms built from it can tell it from a 1-D feature map (b, c, L).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from kdlab.errors import KdlabError, did_you_mean
+from kdlab.models.vit import is_token_model, mark_token_sequence
 
 #: A tap on the classifier's input: the penultimate embedding (timm's "pre-logits" features).
 PRE_LOGITS = "pre_logits"
@@ -27,18 +32,28 @@ def module_paths(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def _info_stages(model: nn.Module) -> list[str]:
+    """The stages a timm model lists in ``feature_info``: the stem (reduction 2 or less) left out,
+    except in a ViT, whose every block is a stage at the patch size's reduction (2 or 1 on small
+    images: see ``kdlab.models.vit``)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return []
+    tokens = is_token_model(model)
+    return [f["module"] for f in info if tokens or f.get("reduction", 4) > 2]
+
+
 def feature_stages(model: nn.Module, owner: str = "model") -> list[str]:
     """The module paths of ``model``'s feature stages, shallow to deep: the kdlab zoo declares
     them (``feature_taps``); timm models list them in ``feature_info`` (the stem, at
-    reduction 2 or less, is left out)."""
+    reduction 2 or less, is left out; a ViT's stages are its blocks, ``blocks.0`` to the last,
+    whatever its patch size)."""
     declared = getattr(model, "feature_taps", None)
     if declared:
         return list(declared)
-    info = getattr(model, "feature_info", None)
-    if info:
-        stages = [f["module"] for f in info if f.get("reduction", 4) > 2]
-        if stages:
-            return stages
+    stages = _info_stages(model)
+    if stages:
+        return stages
     raise KdlabError(
         f"{owner} ({type(model).__name__}) declares no feature stages; name the tap paths of the "
         f"feature terms (method.terms.<term>.{owner}_taps=[...]), e.g. from: {', '.join(module_paths(model)[:12])}"
@@ -127,8 +142,7 @@ def _probe_preacts(model: nn.Module) -> list[tuple[str, str | None]] | None:
     """For each ``feature_info`` stage: (the activation module whose output is the stage's
     output, the BatchNorm before it or None), from one dummy forward pass; None when a stage
     has no such activation or the model has no ``feature_info``."""
-    info = getattr(model, "feature_info", None)
-    stages = [f["module"] for f in info if f.get("reduction", 4) > 2] if info else []
+    stages = _info_stages(model)
     if not stages:
         return None
     modules = dict(model.named_modules())
@@ -202,25 +216,48 @@ class _StageEnd:
 
 class _Recorder:
     """A forward hook that stores its module's output (a class, not a closure, so that models
-    with taps still pickle, e.g. for ``ddp_spawn``)."""
+    with taps still pickle, e.g. for ``ddp_spawn``). ``tokens``: the model is a ViT, its 3-D
+    values are marked as token sequences (not while torch.compile traces: only the probe's
+    eager pass, which terms build from, needs the mark)."""
 
-    def __init__(self, store: dict[str, Tensor], path: str):
-        self.store, self.path = store, path
+    def __init__(self, store: dict[str, Tensor], path: str, tokens: bool = False):
+        self.store, self.path, self.tokens = store, path, tokens
+
+    def record(self, value: Tensor) -> None:
+        if self.tokens and isinstance(value, Tensor) and value.dim() == 3 and not torch.compiler.is_compiling():
+            mark_token_sequence(value)
+        self.store[self.path] = value
 
     def __call__(self, module: nn.Module, inputs, output) -> None:
-        self.store[self.path] = output
+        self.record(output)
 
 
 class _InputRecorder(_Recorder):
     """A forward pre-hook that stores its module's (first) input, a copy of it when the module
     works in place (an in-place ReLU would otherwise overwrite the recorded pre-activation)."""
 
-    def __init__(self, store: dict[str, Tensor], path: str, clone: bool = False):
-        super().__init__(store, path)
+    def __init__(self, store: dict[str, Tensor], path: str, clone: bool = False, tokens: bool = False):
+        super().__init__(store, path, tokens)
         self.clone = clone
 
     def __call__(self, module: nn.Module, inputs) -> None:
-        self.store[self.path] = inputs[0].clone() if self.clone else inputs[0]
+        self.record(inputs[0].clone() if self.clone else inputs[0])
+
+
+class _HeadsInputMean(_Recorder):
+    """Forward pre-hooks on the heads of a model with several (timm's distilled DeiT: ``head`` on
+    the class token, ``head_dist`` on the distillation token), called in order each forward pass:
+    stores the mean of their inputs, timm's ``forward_head(x, pre_logits=True)`` of that model."""
+
+    def __init__(self, store: dict[str, Tensor], path: str, heads: int):
+        super().__init__(store, path)
+        self.heads, self.seen = heads, []
+
+    def __call__(self, module: nn.Module, inputs) -> None:
+        self.seen.append(inputs[0])
+        if len(self.seen) == self.heads:
+            self.record(torch.stack(self.seen).mean(0))
+            self.seen = []
 
 
 class FeatureTaps:
@@ -248,16 +285,22 @@ class FeatureTaps:
                 )
         self.features: dict[str, Tensor] = {}
         self._handles = []
+        tokens = is_token_model(model)
         for p in self.paths:
             if p == PRE_LOGITS and p not in modules:
-                head = _classifier(model, owner)
-                self._handles.append(head.register_forward_pre_hook(_InputRecorder(self.features, p)))
+                heads = _classifiers(model, owner)
+                recorder = (
+                    _InputRecorder(self.features, p)
+                    if len(heads) == 1
+                    else _HeadsInputMean(self.features, p, len(heads))
+                )
+                self._handles += [head.register_forward_pre_hook(recorder) for head in heads]
             elif p.endswith(INPUT):
                 m = modules[p.removesuffix(INPUT)]
-                recorder = _InputRecorder(self.features, p, clone=bool(getattr(m, "inplace", False)))
+                recorder = _InputRecorder(self.features, p, clone=bool(getattr(m, "inplace", False)), tokens=tokens)
                 self._handles.append(m.register_forward_pre_hook(recorder))
             else:
-                self._handles.append(modules[p].register_forward_hook(_Recorder(self.features, p)))
+                self._handles.append(modules[p].register_forward_hook(_Recorder(self.features, p, tokens)))
 
     def pop(self) -> dict[str, Tensor]:
         """The features of the last forward pass; forgets them (so the graph can be freed)."""
@@ -271,9 +314,12 @@ class FeatureTaps:
         self._handles.clear()
 
 
-def _classifier(model: nn.Module, owner: str) -> nn.Module:
+def _classifiers(model: nn.Module, owner: str) -> list[nn.Module]:
+    """The classifier module(s) whose input is ``pre_logits``: one, or timm's distilled DeiT's two
+    (``get_classifier()`` gives ``(head, head_dist)``)."""
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
-    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+    heads = list(head) if isinstance(head, tuple) else [head]
+    if not heads or any(not isinstance(h, nn.Module) or isinstance(h, nn.Identity) for h in heads):
         raise KdlabError(f"{owner} has no classifier module to tap '{PRE_LOGITS}' at; name a module path instead")
-    return head
+    return heads

@@ -73,6 +73,9 @@ class Strategy:
     of their ``conf/strategy/<name>.yaml`` (typed: ``kdlab.config.validate`` checks them)."""
 
     name: ClassVar[str | None] = None  # results.json's "strategy"
+    #: trains ``OfflineDistillation`` (kdlab.strategies.offline): strong views, distillation tokens,
+    #: deployable models (SimKD) and DOT work there only
+    offline_module: ClassVar[bool] = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # plain lists and dicts, whether built from YAML or Python
@@ -135,8 +138,8 @@ class DistillationModule(pl.LightningModule):
         """The logits of each output (named as in ``__init__``) on a validation batch."""
         raise NotImplementedError
 
-    def optimize(self, loss: Tensor) -> None:
-        """One update from ``loss``, for modules that optimise by hand (``automatic_optimization = False``)."""
+    def optimize(self, step: StepLosses) -> None:
+        """One update from ``step``'s losses, for modules that optimise by hand (``automatic_optimization = False``)."""
         raise NotImplementedError
 
     def reported_acc(self, accs: dict[str, Tensor]) -> Tensor:
@@ -165,7 +168,7 @@ class DistillationModule(pl.LightningModule):
         step = self.losses(x, y, rest[0] if rest else None)
         check_finite(step.loss, {**step.terms, **step.logged}, self.current_epoch, self.global_step)
         if not self.automatic_optimization:
-            self.optimize(step.loss)
+            self.optimize(step)
         self.train_means.add({"loss": step.loss, **step.terms, **step.logged}, len(y))
         return {"loss": step.loss, **{k: v.detach() for k, v in step.terms.items()}}
 

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
 from kdlab.methods import StepOutputs, Term
+from kdlab.methods.deit import require_distillation_token
 from kdlab.models import FeatureTaps
+from kdlab.optim import dot_step
 from kdlab.strategies.base import (
     STUDENT,
     DistillationModule,
@@ -41,6 +43,7 @@ class Offline(Strategy):
     the cache, or trained on demand) is loaded only when a term needs one (not for ``method=none``)."""
 
     name = "offline"
+    offline_module = True
 
     def labels(self, cfg: DictConfig) -> dict[str, str | None]:
         return {"teacher": cfg.teacher.arch, **super().labels(cfg)}
@@ -57,8 +60,10 @@ class Offline(Strategy):
         reference = None
         if module.teacher is not None:
             reference = Trained(module.teacher, getattr(module.teacher, "kdlab_arch", run.cfg.teacher.arch))
-        kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
-        return Fitted(Trained(module.student, spec.arch, kwargs), reference, module.best_val_acc(), module.trainer)
+        arch, kwargs = spec.arch, OmegaConf.to_container(spec.kwargs, resolve=True)
+        if module.student is not student:  # a term's deployable model (SimKD), which rebuilds from its own arch
+            arch, kwargs = module.student.kdlab_arch, module.student.kdlab_kwargs
+        return Fitted(Trained(module.student, arch, kwargs), reference, module.best_val_acc(), module.trainer)
 
     def results(self, data) -> dict:
         """results.json's ``teacher_cache``: whether the teacher-output cache was used (else why not),
@@ -103,6 +108,19 @@ def train_offline(
             module.reset_validation()
     run.fit(module, log_prefix=log_prefix, **fit)
     return module
+
+
+def split_heads(output) -> tuple[Tensor, Tensor | None]:
+    """(class logits, distillation-token logits or None) of a student's output: a DeiT student in
+    distilled training returns both heads, every other model (and DeiT in eval mode) one tensor."""
+    return output if isinstance(output, tuple) else (output, None)
+
+
+def is_dot(optimizer: Callable) -> bool:
+    """Whether the optimizer factory (a ``functools.partial`` from ``_partial_: true``) builds an
+    optimizer that steps the distillation gradient apart (``step_kd``: ``kdlab.optim.DOT``)."""
+    target = getattr(optimizer, "func", optimizer)
+    return isinstance(target, type) and callable(getattr(target, "step_kd", None))
 
 
 class OfflineDistillation(DistillationModule):
@@ -162,11 +180,32 @@ class OfflineDistillation(DistillationModule):
         )
         self.teacher_outputs = teacher_outputs if self.teacher is not None else None
         self._views: Tensor | None = None  # the view ids of the training batch being stepped
+        self._strong: Tensor | None = None  # the strong view of the training batch being stepped
+        self.reads_strong_view = any(t.reads_strong_view for t in terms.values())
         if self.teacher_outputs is not None and self.teacher_outputs.active:
             reason = logits_only_reason(self.terms)
             if reason:
                 self.teacher_outputs.disable(reason)
+            elif self.reads_strong_view:  # the strong view's draws are not enumerable: the teacher runs on them
+                self.teacher_outputs.disable("a term reads the teacher's logits on the strong view (data.strong_view)")
+        if any(t.distillation_token for t in terms.values()):  # DeiT: the class and distillation heads apart
+            require_distillation_token(student, "student")
+            student.set_distilled_training(True)
         self._probe_and_build(input_shape)
+        for term in self.terms.values():  # SimKD deploys the student with its projector and the teacher's head
+            deployed = term.deployable(self.student, self.teacher)
+            if deployed is not None:
+                self.student = deployed
+        # DOT (kdlab.optim.DOT): the task and distillation gradients are stepped apart, by hand
+        self.dot = is_dot(optimizer)
+        if self.dot:
+            self.automatic_optimization = False
+            split = {t.task_loss for t in self.terms.values()}
+            if split != {True, False}:
+                raise KdlabError(
+                    "the DOT optimizer steps the task loss (cross-entropy) and the distillation terms apart; "
+                    f"method.terms {sorted(self.terms)} need both (e.g. method=kd), or use torch.optim.SGD"
+                )
 
     def _probe_and_build(self, input_shape: Sequence[int]) -> None:
         """One forward pass on a dummy batch gives the tapped shapes the terms build from."""
@@ -212,18 +251,53 @@ class OfflineDistillation(DistillationModule):
         return self.student(x)
 
     def training_step(self, batch, batch_idx: int):
-        # (x, y, index, view) when the augmentation draws enumerable views (kdlab.data.base.TrainViews)
+        # (x, y, index, view) when the augmentation draws enumerable views (kdlab.data.base.TrainViews),
+        # (x, y, index, view or None, x_strong) with data.strong_view
         self._views = batch[3] if len(batch) > 3 else None
+        self._strong = batch[4] if len(batch) > 4 else None
         try:
             return super().training_step(batch, batch_idx)
         finally:
-            self._views = None
+            self._views = self._strong = None
+
+    def optimize(self, step: StepLosses) -> None:
+        """DOT's update (manual optimisation): the distillation terms' gradient, then the task
+        terms', each with its own momentum, as the authors' trainer (mdistiller's ``DOT.train_iter``)."""
+        opt = self.optimizers()
+        if self.phase is not None:  # an initialisation phase: plain SGD on its loss
+            opt.zero_grad()
+            self.manual_backward(step.loss)
+            opt.step()
+            return
+        task = [step.terms[f"loss_{n}"] for n, t in self.terms.items() if t.task_loss]
+        distill = [step.terms[f"loss_{n}"] for n, t in self.terms.items() if not t.task_loss]
+        dot_step(opt, torch.stack(task).sum(), torch.stack(distill).sum(), self.manual_backward)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if not self.automatic_optimization and self.phase is None:  # DOT: the epoch's scheduler step by hand
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
 
     def step_outputs(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> StepOutputs:
         """Student forward (with grad) and teacher forward (without), with their taps; the teacher's
         logits from the teacher-output cache when it is on (training steps only)."""
-        logits = self.student(x)
-        out = StepOutputs(logits, y, student_feats=self.student_taps.pop(), index=index, epoch=self.current_epoch)
+        logits, dist_logits = split_heads(self.student(x))
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        out = StepOutputs(
+            logits,
+            y,
+            student_feats=self.student_taps.pop(),
+            index=index,
+            epoch=self.current_epoch,
+            max_epochs=epochs,
+            student_dist_logits=dist_logits,
+        )
+        strong = self._strong if self.reads_strong_view and self.training and self.phase is None else None
+        if strong is not None:  # the student on the strong view (MLKD), its taps dropped
+            out.student_logits_strong = split_heads(self.student(strong))[0]
+            self.student_taps.pop()
         if self.teacher is not None:
             cache = self.teacher_outputs
             if cache is not None and cache.active and index is not None and self.training and self.phase is None:
@@ -232,6 +306,10 @@ class OfflineDistillation(DistillationModule):
                 with torch.no_grad():
                     out.teacher_logits = self.teacher(x)
             out.teacher_feats = self.teacher_taps.pop()
+            if strong is not None:
+                with torch.no_grad():
+                    out.teacher_logits_strong = self.teacher(strong)
+                self.teacher_taps.pop()
         return out
 
     def losses(self, x: Tensor, y: Tensor, index: Tensor | None) -> StepLosses:

@@ -184,12 +184,12 @@ class OnlineDistillation(DistillationModule):
         # the sum: each peer's loss reaches only its own parameters
         return StepLosses(torch.stack(totals).sum(), terms, logged)
 
-    def optimize(self, loss: Tensor) -> None:
+    def optimize(self, step: StepLosses) -> None:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:
             opt.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(step.loss)
         for opt in optimizers:
             opt.step()
 
