@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdlab.config import instantiate
+from kdlab.data.base import LOADING_KEYS
 from kdlab.errors import KdlabError
 from kdlab.methods import CrossEntropy
 from kdlab.models.checkpoint import files_in, load_weights, non_finite, save_weights
@@ -42,17 +43,7 @@ log = logging.getLogger(__name__)
 #: Bump when a change to kdlab would make previously cached teachers differ from new ones.
 CACHE_FORMAT = 1
 #: Data keys that do not change what a model learns.
-# a teacher trains on the weak view alone: the strong view's settings (MLKD's) are not part of its recipe
-DATA_KEYS_IGNORED = (
-    "batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "root",
-    "download",
-    "strong_view",
-    "strong_max_shift",
-    "strong_noise_std",
-)
+DATA_KEYS_IGNORED = LOADING_KEYS
 WEIGHTS_FILE = "teacher.safetensors"
 
 

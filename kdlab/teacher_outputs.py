@@ -62,6 +62,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from kdlab.data.base import LOADING_KEYS
 from kdlab.errors import KdlabError
 
 if TYPE_CHECKING:
@@ -79,20 +80,7 @@ DTYPES = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
 #: CIFAR-100 in 162 views: 1.6 GB in fp16)
 RESIDENT_BYTES = 2 * 2**30
 #: Data config keys that do not change which input a (sample, view) is.
-DATA_KEYS_IGNORED = (
-    "batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "root",
-    "download",
-    "shuffle",
-    "pin_memory",
-    "persistent_workers",
-    "prefetch_factor",
-    "strong_view",  # the store holds the weak views' logits; a strong view is never cached
-    "strong_max_shift",
-    "strong_noise_std",
-)
+DATA_KEYS_IGNORED = (*LOADING_KEYS, "shuffle", "pin_memory", "persistent_workers", "prefetch_factor")
 
 
 def weights_digest(model: nn.Module) -> str:

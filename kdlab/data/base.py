@@ -19,6 +19,21 @@ from kdlab.errors import KdlabError
 STRONG_VIEW_DATA = "cifar10, cifar100, mnist1d"
 
 
+#: Data config keys that change neither the samples nor the (weak) views a model trains on: where the
+#: data lives, how it is batched and loaded, and the strong view (read only by the terms that ask for
+#: it). The keys of kdlab's caches (teachers, teacher outputs) leave them out.
+LOADING_KEYS = (
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "root",
+    "download",
+    "strong_view",
+    "strong_max_shift",
+    "strong_noise_std",
+)
+
+
 class TensorBatches(Dataset):
     """In-memory ``(x, y)`` tensors served as ``(x, y, index)``: the sample's position in this
     split, which memory-bank methods (CRD) and per-sample caches key on. ``__getitems__`` lets
