@@ -7,6 +7,7 @@ few optimizer steps; the config and its one-line refusals."""
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -386,7 +387,11 @@ def test_bad_curriculum_settings_are_refused_in_one_line(override, message):
 
 
 def test_ctkd_trains_end_to_end_and_checkpoints_its_temperature(train):
-    r = train(["method=ctkd"])
+    r = train(["method=ctkd", "logger=csv"])
     state = torch.load(r["_dir"] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert state["terms.kd.curriculum.global_t"].shape == (1,)
     assert state["terms.kd.curriculum.global_t"].item() != 1.0  # optimised with the student
+    # the learnt temperature is logged per epoch, as the authors' log: 1 + 20 sigmoid(v), v near 1
+    (metrics,) = r["_dir"].rglob("metrics.csv")
+    rows = [row for row in csv.DictReader(metrics.open()) if row.get("train/temperature_kd")]
+    assert rows and 1.0 < float(rows[0]["train/temperature_kd"]) < 21.0

@@ -318,9 +318,12 @@ class OfflineDistillation(DistillationModule):
             terms = {f"loss_{self.phase}": self.terms[self.phase].init_loss(out)}
         else:
             terms = {f"loss_{name}": term(out) for name, term in self.terms.items()}
-        return StepLosses(
-            torch.stack(list(terms.values())).sum(), terms, {"acc": batch_accuracy(out.student_logits, y)}
-        )
+        logged = {"acc": batch_accuracy(out.student_logits, y)}
+        for name, term in self.terms.items():  # CTKD's learnt temperature: train/temperature_<term>
+            curriculum = getattr(term, "curriculum", None)
+            if curriculum is not None and curriculum.last is not None:
+                logged[f"temperature_{name}"] = curriculum.last
+        return StepLosses(torch.stack(list(terms.values())).sum(), terms, logged)
 
     def outputs(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.student(x)
