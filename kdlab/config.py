@@ -284,6 +284,11 @@ def check_combination(tree: Mapping) -> None:
     optimizer = ((tree.get("student") or {}).get("optimizer") or {}).get("_target_")
     if optimizer and callable(getattr(locate(str(optimizer)), "step_kd", None)):
         offline_only.append(f"student.optimizer ({optimizer})")
+        if {bool(getattr(c, "task_loss", False)) for c in classes.values()} != {True, False}:
+            raise KdlabError(
+                f"student.optimizer={optimizer} steps the task loss (cross-entropy) and the distillation "
+                f"terms apart; method.terms {sorted(classes)} need both (e.g. method=kd), or use torch.optim.SGD"
+            )
     strategy = (tree.get("strategy") or {}).get("_target_")
     if offline_only and strategy and not getattr(locate(str(strategy)), "offline_module", False):
         raise KdlabError(

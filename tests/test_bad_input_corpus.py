@@ -342,6 +342,38 @@ CASES: list[Case] = [
     Case("data.shuffle=maybe", T, ["+data.shuffle=maybe"], r"data\.shuffle=maybe is not true or false$"),
     Case("data.split_seed=x", T, ["data.split_seed=x"], r"data\.split_seed=x is not an integer in"),
     Case("method.name=3", T, ["method.name=3"], r"method\.name=3 is not a string$"),
+    # the 2022-2024 methods: a modifier where it cannot go, a strong view or a token that is not there
+    Case(
+        "standardize on at",
+        T,
+        ["method=at", "+method.terms.at.standardize=true"],
+        r"AT takes no argument 'standardize'; standardize is an option of the logit terms kd",
+    ),
+    Case(
+        "curriculum on fitnet",
+        T,
+        ["method=fitnet", "+method.terms.fitnet.curriculum.variant=global"],
+        r"FitNet takes no argument 'curriculum'; curriculum is an option of the logit terms kd",
+    ),
+    Case("mlkd without a strong view", T, ["method=mlkd"], r"trains on a strong view.*set data\.strong_view=true"),
+    Case(
+        "strong view of digits",
+        T,
+        ["data=digits", "teacher=cnn_small", "data.strong_view=true"],
+        r"digits has no strong view; the data that have one: cifar10, cifar100, mnist1d",
+    ),
+    Case(
+        "deit token on an mlp",
+        T,
+        ["method=deit"],
+        r"the student \(mlp\) has no distillation token.*e\.g\. student=deit_tiny_distilled",
+    ),
+    Case(
+        "dot without a task term",
+        T,
+        ["method=none", "student.optimizer._target_=kdlab.optim.DOT"],
+        r"DOT steps the task loss .* need both",
+    ),
     Case(
         "digits test_fraction=1",
         T,

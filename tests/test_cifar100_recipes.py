@@ -533,7 +533,12 @@ def test_new_recipe_composes_with_its_method(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["ctkd_ls_resnet56_resnet20", "mlkd_ls_resnet56_resnet20", "kd_dot_vgg13_vgg8", "simkd_resnet32x4_resnet8x4"],
+    [
+        pytest.param("ctkd_ls_resnet56_resnet20", marks=pytest.mark.slow),  # CTKD runs end to end on MNIST-1D
+        "mlkd_ls_resnet56_resnet20",
+        "kd_dot_vgg13_vgg8",
+        pytest.param("simkd_resnet32x4_resnet8x4", marks=pytest.mark.slow),  # SimKD: on MNIST-1D and digits
+    ],
 )
 def test_new_recipes_run_end_to_end_on_fake_cifar(train, tmp_path_factory, name):
     """One row per new mechanism runs (3 batches, FAST): the learned temperature, the strong view, the DOT

@@ -230,3 +230,27 @@ def test_checkpoints_leave_the_frozen_teacher_out(uninterrupted):
     _, whole_dir = uninterrupted
     state = torch.load(whole_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("student.") for k in state) and not any(k.startswith("teacher.") for k in state)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # the strong view's own generator, DOT's two momentum buffers, the manual scheduler steps
+        [
+            "method=mlkd",
+            "data.strong_view=true",
+            "student.optimizer._target_=kdlab.optim.DOT",
+            "+student.optimizer.momentum=0.9",
+        ],
+        # SimKD's deployable student (backbone, projector, the teacher's head) in the checkpoint
+        ["method=simkd", "teacher=cnn_small", "student=cnn1d_narrow", "teacher.max_epochs=2"],
+    ],
+    ids=["mlkd-strong-view-dot", "simkd"],
+)
+def test_the_2022_2024_methods_resume_to_the_uninterrupted_result(tmp_path, overrides):
+    whole = train(tmp_path / "whole", *overrides)
+    with pytest.raises(Crash):
+        train(tmp_path / "crashed", *overrides, callbacks=[CrashAt(2)])
+    resumed = train(tmp_path / "crashed", *overrides)
+    assert resumed["resumed_from"] == 1
+    assert_same_run(whole, resumed, tmp_path / "whole", tmp_path / "crashed")

@@ -38,6 +38,7 @@ def test_dot_trains_with_two_momenta_and_is_sgd_when_they_are_equal(train):
     "overrides, message",
     [
         (["method=none", *DOT], "need both"),  # DOT needs task and distillation terms
+        (["method=deit"], "no distillation token"),  # the MLP student, refused before a teacher trains
         (["method=kd", "strategy=online", *DOT], "only strategy=offline"),
     ],
 )

@@ -51,6 +51,8 @@ class Offline(Strategy):
     def fit(self, run: RunContext) -> Fitted:
         spec, terms = run.cfg.student, run.terms()
         student = run.model(spec)  # before the teacher: a wrong student fails before any teacher trains
+        if any(t.distillation_token for t in terms.values()):
+            require_distillation_token(student, "student")
         teacher = run.teacher() if any(t.needs_teacher for t in terms.values()) else None
         # the teacher's logits from the teacher-output cache when the terms read nothing else (kdlab/teacher_outputs.py)
         self.teacher_outputs = plan_teacher_outputs(run, teacher) if teacher is not None else None
