@@ -243,3 +243,39 @@ def test_digits_recipe_runs_end_to_end(train):
     assert r["method"] == "deit" and r["data"] == "digits"
     assert r["student"]["arch"] == "deit_tiny_distilled_patch16_224" and r["teacher"]["arch"] == "cnn_small"
     assert r["student"]["test_acc"] > 0.5  # chance: 0.1
+
+
+def test_a_plain_vit_teaches_a_cnn_and_a_cnn_teaches_a_plain_vit(train):
+    """Plain timm ViTs (no distillation token) are ordinary models for the logit methods, on either side."""
+    vit = ["+{role}.kwargs.depth=1", "+{role}.kwargs.embed_dim=16", "+{role}.kwargs.num_heads=2"]
+    r = train(
+        [
+            "data=digits",
+            "teacher=cnn_small",
+            "teacher.arch=vit_tiny_patch16_224",
+            *[v.format(role="teacher") for v in vit],
+            "student=cnn_tiny",
+        ]
+    )
+    assert r["teacher"]["arch"] == "vit_tiny_patch16_224" and 0.0 <= r["student"]["test_acc"] <= 1.0
+    r = train(
+        [
+            "data=digits",
+            "teacher=cnn_small",
+            "student=cnn_tiny",
+            "student.arch=vit_tiny_patch16_224",
+            *[v.format(role="student") for v in vit],
+            "method=dkd",
+        ]
+    )
+    assert r["student"]["arch"] == "vit_tiny_patch16_224" and r["method"] == "dkd"
+
+
+def test_fitnet_refuses_a_dense_regressor_from_tokens_onto_a_large_map():
+    """DeiT-Tiny's tokens (66 x 192) onto resnet32x4's last map (256 x 8 x 8) would take a
+    207-million-weight dense layer: refused in one line naming taps that pair."""
+    from kdlab.methods.feature import regressor
+
+    with pytest.raises(KdlabError, match=r"dense layer of 207,618,048 weights; .*student_taps=\[pre_logits\]"):
+        regressor((66, 192), (256, 8, 8), tokens=True)
+    assert isinstance(regressor((66, 192), (66, 384), tokens=True), torch.nn.Linear)  # token by token

@@ -38,7 +38,6 @@ class StepOutputs:
     teacher_feats: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None  # (b,) position of each sample in the training split
     epoch: int = 0  # 0-based
-    max_epochs: int | None = None  # the fit's number of epochs (curricula: CTKD)
     # both models' logits on the strong view of the same samples (data.strong_view, for terms that
     # read it: MLKD), None otherwise
     student_logits_strong: Tensor | None = None  # (b, c)

@@ -71,15 +71,20 @@ def regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], tokens
     s, t = tuple(student_shape), tuple(teacher_shape)
     if tokens and len(s) == len(t) == 2 and s[0] == t[0]:
         return nn.Linear(s[1], t[1])
-    if tokens:
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())), nn.Unflatten(1, t)
-        )
-    if len(s) == len(t) and len(s) - 1 in CONV:
+    if len(s) == len(t) and len(s) - 1 in CONV and not tokens:
         return nn.Sequential(conv_connector("FitNet", s, t), BN[len(s) - 1](t[0]), nn.ReLU())
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(int(torch.tensor(s).prod()), int(torch.tensor(t).prod())), nn.Unflatten(1, t)
-    )
+    n_in, n_out = int(torch.tensor(s).prod()), int(torch.tensor(t).prod())
+    if n_in * n_out > MAX_DENSE_REGRESSOR:  # e.g. a ViT's tokens onto a CNN's map: hundreds of millions
+        raise KdlabError(
+            f"FitNet would regress student features {s} onto teacher features {t} with a dense layer of "
+            f"{n_in * n_out:,} weights; tap features of the same kind on both sides, e.g. "
+            "method.terms.fitnet.student_taps=[pre_logits] method.terms.fitnet.teacher_taps=[pre_logits]"
+        )
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, n_out), nn.Unflatten(1, t))
+
+
+#: The most weights a flattened FitNet regressor may have (features of different kinds on the two sides).
+MAX_DENSE_REGRESSOR = 50_000_000
 
 
 class FitNet(FeatureTerm):

@@ -286,15 +286,9 @@ class OfflineDistillation(DistillationModule):
         """Student forward (with grad) and teacher forward (without), with their taps; the teacher's
         logits from the teacher-output cache when it is on (training steps only)."""
         logits, dist_logits = split_heads(self.student(x))
-        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        feats = self.student_taps.pop()
         out = StepOutputs(
-            logits,
-            y,
-            student_feats=self.student_taps.pop(),
-            index=index,
-            epoch=self.current_epoch,
-            max_epochs=epochs,
-            student_dist_logits=dist_logits,
+            logits, y, student_feats=feats, index=index, epoch=self.current_epoch, student_dist_logits=dist_logits
         )
         strong = self._strong if self.reads_strong_view and self.training and self.phase is None else None
         if strong is not None:  # the student on the strong view (MLKD), its taps dropped
