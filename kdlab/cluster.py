@@ -59,10 +59,15 @@ def unused_in_a_fit(module: nn.Module) -> bool:
     """Whether some trainable parameters of ``module`` get no gradient in one of its fits: a term
     with an initialisation phase (AB, FT, FSP) trains only its connectors and the student's feature
     modules during the phase, and its connectors are idle afterwards. DDP refuses such parameters
-    unless it looks for them every step (``find_unused_parameters``)."""
+    unless it looks for them every step (``find_unused_parameters``). So does a term that deploys
+    its own model (SimKD): the student's layers after the tapped stage (MobileNetV2's and the
+    ShuffleNets' last convolution) feed nothing the loss reads."""
     from kdlab.methods import Term
 
-    return any(isinstance(m, Term) and m.init_phase() is not None for m in module.modules())
+    return any(
+        isinstance(m, Term) and (m.init_phase() is not None or type(m).deployable is not Term.deployable)
+        for m in module.modules()
+    )
 
 
 def sync_batchnorm(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:

@@ -6,6 +6,7 @@ import pytest
 from hydra.utils import get_class, instantiate
 
 from kdlab import CONFIG_DIR, ROOT
+from kdlab.config import validate
 from kdlab.errors import KdlabError
 from kdlab.methods import Term
 from tests.conftest import compose_cfg
@@ -56,6 +57,8 @@ def test_experiment_composes(name):
         "paper" if cfg.method.name == "none" else None,  # paper_<arch>: a paper's baseline under its exact protocol
     )
     assert any(n and file.startswith(n) for n in named_after), "named <method or strategy>_<teacher>_<student>"
+    cfg.paths.output_dir = "/unused"
+    validate(cfg)  # every value, every _target_'s arguments, what the terms and the data must agree on
 
 
 def test_experiments_reachable_from_any_working_directory(tmp_path, monkeypatch):

@@ -331,3 +331,16 @@ def test_without_a_deployable_model_the_term_projects_the_student_map_itself():
     out = StepOutputs(torch.zeros(4, 10), torch.zeros(4), None, {"stages.1": feats["s"]}, {"stages.2": feats["t"]})
     expected = F.mse_loss(project(term.projector, feats["s"], (2, 2)), feats["t"])
     torch.testing.assert_close(term(out), expected)
+
+
+def test_ddp_looks_for_unused_parameters_in_a_simkd_run():
+    """MobileNetV2 and the ShuffleNets run layers after the tapped stage whose output SimKD never
+    reads: DDP must look for unused parameters (without it, a DDP run of simkd with mobilenetv2 stops
+    with Lightning's unused-parameter error, seen on 2 CPU processes); plain KD does not need it."""
+    from torch import nn
+
+    from kdlab.cluster import unused_in_a_fit
+    from kdlab.methods import KD, SimKD
+
+    assert unused_in_a_fit(nn.ModuleDict({"simkd": SimKD()}))
+    assert not unused_in_a_fit(nn.ModuleDict({"kd": KD()}))
