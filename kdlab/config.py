@@ -268,6 +268,9 @@ def check_combination(tree: Mapping) -> None:
     """What the terms, the optimizer, the strategy and the data must agree on, checked before
     anything is built: a strong view for the terms that read one (MLKD), and the offline
     strategy for what only it runs (strong views, distillation tokens, deployable models, DOT)."""
+    from kdlab.methods.base import Term  # the terms import this module
+    from kdlab.optim import require_task_and_distillation, steps_apart
+
     terms = (tree.get("method") or {}).get("terms") or {}
     classes = {n: locate(str(t["_target_"])) for n, t in terms.items() if isinstance(t, Mapping) and "_target_" in t}
     offline_only = []
@@ -277,18 +280,14 @@ def check_combination(tree: Mapping) -> None:
                 f"method.terms.{name} ({cls.__name__}) trains on a strong view of each input as well; "
                 "set data.strong_view=true (data=cifar100, cifar10 or mnist1d have one)"
             )
-        base = getattr(cls, "deployable", None)
-        own_model = base is not None and getattr(base, "__qualname__", "").split(".")[0] == cls.__name__
+        own_model = getattr(cls, "deployable", Term.deployable) is not Term.deployable  # SimKD
         if getattr(cls, "reads_strong_view", False) or getattr(cls, "distillation_token", False) or own_model:
             offline_only.append(f"method.terms.{name} ({cls.__name__})")
     optimizer = ((tree.get("student") or {}).get("optimizer") or {}).get("_target_")
-    if optimizer and callable(getattr(locate(str(optimizer)), "step_kd", None)):
+    if optimizer and steps_apart(locate(str(optimizer))):
         offline_only.append(f"student.optimizer ({optimizer})")
-        if {bool(getattr(c, "task_loss", False)) for c in classes.values()} != {True, False}:
-            raise KdlabError(
-                f"student.optimizer={optimizer} steps the task loss (cross-entropy) and the distillation "
-                f"terms apart; method.terms {sorted(classes)} need both (e.g. method=kd), or use torch.optim.SGD"
-            )
+        task_loss = {n: bool(getattr(c, "task_loss", False)) for n, c in classes.items()}
+        require_task_and_distillation(task_loss, f"student.optimizer={optimizer}")
     strategy = (tree.get("strategy") or {}).get("_target_")
     if offline_only and strategy and not getattr(locate(str(strategy)), "offline_module", False):
         raise KdlabError(

@@ -147,6 +147,23 @@ class DOT(torch.optim.Optimizer):
         return loss
 
 
+def steps_apart(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (a class, or a factory of one: ``functools.partial`` from ``_partial_:
+    true``) steps the distillation gradient apart from the task gradient (``step_kd``: ``DOT``), which
+    the offline strategy then does with two backward passes (``dot_step``)."""
+    target = getattr(optimizer, "func", optimizer)
+    return isinstance(target, type) and callable(getattr(target, "step_kd", None))
+
+
+def require_task_and_distillation(task_loss: dict[str, bool], optimizer: str) -> None:
+    """One line unless the terms (name -> ``Term.task_loss``) hold both kinds DOT steps apart."""
+    if set(task_loss.values()) != {True, False}:
+        raise KdlabError(
+            f"{optimizer} steps the task loss (cross-entropy) and the distillation terms apart; method.terms "
+            f"{sorted(task_loss)} need both (e.g. method=kd), or use torch.optim.SGD"
+        )
+
+
 def check_hyperparameters(group: dict[str, Any]) -> None:
     """One line for a hyperparameter the authors' optimizer refuses (negative lr, weight decay,
     task or distillation momentum)."""

@@ -114,11 +114,12 @@ class Term(nn.Module):
         """The phase this term trains before the student's training, if any. Default: none."""
         return None
 
-    def deployable(self, student: nn.Module, teacher: nn.Module | None) -> nn.Module | None:
+    def deployable(self, student: nn.Module, teacher: nn.Module | None, input_shape: Sequence[int]) -> nn.Module | None:
         """The model that is deployed instead of ``student`` once this term is built, which the
         strategy then trains, validates and exports (SimKD: the student, its projector and the
-        teacher's classifier). It carries ``kdlab_arch`` and ``kdlab_kwargs``, which rebuild it
-        (``kdlab.models.create_model``). Default: None, the student itself."""
+        teacher's classifier), for inputs of ``input_shape`` (no batch dimension). It carries
+        ``kdlab_arch`` and ``kdlab_kwargs``, which rebuild it (``kdlab.models.create_model``).
+        Default: None, the student itself."""
         return None
 
     def init_modules(self, student: nn.Module) -> list[nn.Module]:

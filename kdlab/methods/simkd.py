@@ -59,6 +59,7 @@ from kdlab.models.simkd import (
     plain,
     project,
     simkd_projector,
+    stamp,
     student_pool_size,
 )
 from kdlab.models.taps import PRE_LOGITS, FeatureTaps, feature_stages
@@ -119,8 +120,6 @@ class SimKD(FeatureTerm):
         self.factor = int(factor)
         self.projector: nn.Module | None = None
         self.pool_to: tuple[int, ...] | None = None
-        self._input: tuple[tuple[int, ...], torch.dtype] | None = None  # the probe's input (shape, dtype)
-        self._input_hook = None
         self._deployed: SimKDStudent | None = None  # not a submodule: the strategy holds it as its student
 
     def default_taps(self, student_stages, teacher_stages):
@@ -143,20 +142,8 @@ class SimKD(FeatureTerm):
                 f"SimKD reads one map of each model, got student taps {self.student_taps} and teacher taps "
                 f"{self.teacher_taps}; give one path each"
             )
-        # the input shape of the strategy's probe, for the classifier check of ``deployable``
-        self._input_hook = teacher.register_forward_pre_hook(self._record_input)
-
-    def _record_input(self, module: nn.Module, inputs) -> None:
-        if self._input is None and inputs and isinstance(inputs[0], Tensor):
-            self._input = (tuple(inputs[0].shape[1:]), inputs[0].dtype)
-
-    def _drop_input_hook(self) -> None:
-        if self._input_hook is not None:
-            self._input_hook.remove()
-            self._input_hook = None
 
     def build(self, student_feats, teacher_feats):
-        self._drop_input_hook()
         (s_tap,), (t_tap,) = self.student_taps, self.teacher_taps
         fs, ft = student_feats[s_tap], teacher_feats[t_tap]
         for owner, tap, f in (("student", s_tap, fs), ("teacher", t_tap, ft)):
@@ -173,18 +160,17 @@ class SimKD(FeatureTerm):
         self.projector = simkd_projector(fs.shape[1], ft.shape[1], self.factor, fs.dim() - 2)
         self.pool_to = student_pool_size(fs.shape[2:], ft.shape[2:])
 
-    def deployable(self, student: nn.Module, teacher: nn.Module | None) -> SimKDStudent:
+    def deployable(self, student: nn.Module, teacher: nn.Module | None, input_shape: Sequence[int]) -> SimKDStudent:
         """The student as the authors evaluate it: ``SimKDStudent(student without its classifier, the
         projector, a frozen copy of the teacher's classifier)``, carrying ``kdlab_arch="simkd"`` and the
         ``kdlab_kwargs`` that rebuild it. The projector moves from this term into it (one copy of its
         weights, trained by the student's optimizer, under ``student.projector.`` in checkpoints)."""
-        self._drop_input_hook()
         if self._deployed is not None:
             return self._deployed
         if self.projector is None:
             raise KdlabError("SimKD.deployable needs build() first (the strategy probes the models' shapes)")
         head = linear_classifier(teacher)
-        check_pooled_classifier(teacher, self.teacher_taps[0], self._input)
+        check_pooled_classifier(teacher, self.teacher_taps[0], input_shape)
         specs = {}
         for owner, model in (("student", student), ("teacher", teacher)):
             arch = getattr(model, "kdlab_arch", None)
@@ -202,13 +188,7 @@ class SimKD(FeatureTerm):
             self.student_taps[0],
             self.pool_to,
         )
-        model.kdlab_arch = ARCH
-        model.kdlab_kwargs = {
-            **specs,
-            "factor": self.factor,
-            "student_tap": self.student_taps[0],
-            "teacher_tap": self.teacher_taps[0],
-        }
+        stamp(model, specs["student"], specs["teacher"], self.factor, self.student_taps[0], self.teacher_taps[0])
         del self.projector  # now the deployable model's (a term's submodule would duplicate it in checkpoints)
         self.projector = None
         object.__setattr__(self, "_deployed", model)  # a plain reference, not a submodule
@@ -228,17 +208,14 @@ class SimKD(FeatureTerm):
 
 
 @torch.no_grad()
-def check_pooled_classifier(teacher: nn.Module, tap: str, probe_input) -> None:
+def check_pooled_classifier(teacher: nn.Module, tap: str, input_shape: Sequence[int]) -> None:
     """Refuse, in one line, a teacher whose classifier does not read the global average of the map at
-    ``tap`` (checked on a random batch of the probe's input shape, eval mode); the line names the
-    first module whose map does feed it, when there is one."""
+    ``tap`` (checked on a random batch of ``input_shape``, eval mode); the line names the first module
+    whose map does feed it, when there is one."""
     head = linear_classifier(teacher)
-    if probe_input is None:
-        raise KdlabError("SimKD.deployable needs the strategy's probe of the teacher (select_taps, probe, build) first")
-    shape, dtype = probe_input
     param = next(teacher.parameters(), None)
     device = param.device if param is not None else None
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device=device)
     taps = FeatureTaps(teacher, [tap, PRE_LOGITS], "teacher")
     pooled: list[tuple[str, Tensor]] = []  # every module's map, globally averaged, in the order they end
     handles = []

@@ -65,10 +65,8 @@ def create_model(
             ) from e
         raise KdlabError(f"cannot build {arch} with {kwargs} ({type(e).__name__}: {e})") from e
     check_model(model, arch, num_classes, input_shape)
-    model.kdlab_arch, model.kdlab_kwargs = (
-        arch,
-        model_kwargs,
-    )  # what rebuilds it (SimKD's deployable model records them)
+    # what rebuilds it (SimKD's deployable model records them)
+    model.kdlab_arch, model.kdlab_kwargs = arch, model_kwargs
     return model
 
 

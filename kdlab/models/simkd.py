@@ -228,10 +228,16 @@ def build_simkd(
     head = nn.Linear(cls.in_features, cls.out_features, bias=cls.bias is not None)
     projector = simkd_projector(s_shape[1], t_shape[1], factor, len(s_shape) - 2)
     model = SimKDStudent(headless(backbone), projector, head, student_tap, student_pool_size(s_shape[2:], t_shape[2:]))
+    student, teacher = {"arch": s_arch, "kwargs": s_kwargs}, {"arch": t_arch, "kwargs": t_kwargs}
+    return stamp(model, student, teacher, factor, student_tap, teacher_tap)
+
+
+def stamp(model: SimKDStudent, student: dict, teacher: dict, factor: int, student_tap: str, teacher_tap: str):
+    """``model`` with the arch and kwargs that rebuild it (``build_simkd``), as exports record them."""
     model.kdlab_arch = ARCH
     model.kdlab_kwargs = {
-        "student": {"arch": s_arch, "kwargs": s_kwargs},
-        "teacher": {"arch": t_arch, "kwargs": t_kwargs},
+        "student": student,
+        "teacher": teacher,
         "factor": int(factor),
         "student_tap": student_tap,
         "teacher_tap": teacher_tap,

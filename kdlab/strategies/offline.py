@@ -16,7 +16,7 @@ from kdlab.errors import KdlabError
 from kdlab.methods import StepOutputs, Term
 from kdlab.methods.deit import require_distillation_token
 from kdlab.models import FeatureTaps
-from kdlab.optim import dot_step
+from kdlab.optim import dot_step, require_task_and_distillation, steps_apart
 from kdlab.strategies.base import (
     STUDENT,
     DistillationModule,
@@ -118,13 +118,6 @@ def split_heads(output) -> tuple[Tensor, Tensor | None]:
     return output if isinstance(output, tuple) else (output, None)
 
 
-def is_dot(optimizer: Callable) -> bool:
-    """Whether the optimizer factory (a ``functools.partial`` from ``_partial_: true``) builds an
-    optimizer that steps the distillation gradient apart (``step_kd``: ``kdlab.optim.DOT``)."""
-    target = getattr(optimizer, "func", optimizer)
-    return isinstance(target, type) and callable(getattr(target, "step_kd", None))
-
-
 class OfflineDistillation(DistillationModule):
     """Trains ``student`` on the weighted sum of ``terms``; ``teacher`` is frozen.
 
@@ -195,19 +188,13 @@ class OfflineDistillation(DistillationModule):
             student.set_distilled_training(True)
         self._probe_and_build(input_shape)
         for term in self.terms.values():  # SimKD deploys the student with its projector and the teacher's head
-            deployed = term.deployable(self.student, self.teacher)
+            deployed = term.deployable(self.student, self.teacher, input_shape)
             if deployed is not None:
                 self.student = deployed
         # DOT (kdlab.optim.DOT): the task and distillation gradients are stepped apart, by hand
-        self.dot = is_dot(optimizer)
-        if self.dot:
+        if steps_apart(optimizer):
             self.automatic_optimization = False
-            split = {t.task_loss for t in self.terms.values()}
-            if split != {True, False}:
-                raise KdlabError(
-                    "the DOT optimizer steps the task loss (cross-entropy) and the distillation terms apart; "
-                    f"method.terms {sorted(self.terms)} need both (e.g. method=kd), or use torch.optim.SGD"
-                )
+            require_task_and_distillation({n: t.task_loss for n, t in self.terms.items()}, "the DOT optimizer")
 
     def _probe_and_build(self, input_shape: Sequence[int]) -> None:
         """One forward pass on a dummy batch gives the tapped shapes the terms build from."""
